@@ -1,0 +1,142 @@
+//! Storage: one pool per service, on PostgreSQL (a schema of the service's
+//! own) or on an SQLite file of the service's own. Queries are written once,
+//! with `$1` placeholders and portable SQL, and run on either backend.
+use crate::config::Backends;
+use anyhow::Context;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, ConnectOptions, Connection};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A service's database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+    /// PostgreSQL schema, or SQLite file stem: the service's name.
+    pub schema: String,
+}
+
+impl Db {
+    /// Connects to the service's own storage and runs its migrations.
+    pub async fn connect(
+        backends: &Backends,
+        service: &str,
+        migrator: &Migrator,
+    ) -> anyhow::Result<Db> {
+        sqlx::any::install_default_drivers();
+        let schema = service.to_string();
+        anyhow::ensure!(
+            schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "service name {schema:?} is not a valid schema name"
+        );
+        let db = match &backends.database_url {
+            Some(url) if url.starts_with("postgres") => {
+                Self::connect_postgres(url, &schema).await?
+            }
+            Some(url) => anyhow::bail!(
+                "DATABASE_URL must be a postgres:// URL (got scheme {:?}); leave it unset for embedded SQLite",
+                url.split(':').next().unwrap_or("")
+            ),
+            None => Self::connect_sqlite(&backends.data_dir, &schema).await?,
+        };
+        migrator
+            .run(&db.pool)
+            .await
+            .with_context(|| format!("running {service} migrations"))?;
+        Ok(db)
+    }
+
+    async fn connect_postgres(url: &str, schema: &str) -> anyhow::Result<Db> {
+        let max = crate::config::env_parse("COLEND_DB_MAX_CONNECTIONS", 16u32)?;
+        let options = AnyConnectOptions::from_str(url)
+            .context("DATABASE_URL is not a valid URL")?
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let mut conn = sqlx::AnyConnection::connect_with(&options)
+            .await
+            .context("connecting to PostgreSQL (DATABASE_URL)")?;
+        let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+        if let Err(e) = sqlx::query(&create).execute(&mut conn).await {
+            // Two replicas creating the schema at once: one of them loses the race.
+            let exists: Option<(String,)> =
+                sqlx::query_as("SELECT nspname FROM pg_namespace WHERE nspname = $1")
+                    .bind(schema)
+                    .fetch_optional(&mut conn)
+                    .await?;
+            if exists.is_none() {
+                return Err(e).context("creating the service schema");
+            }
+        }
+        conn.close().await.ok();
+        let set_path = format!("SET search_path TO {schema}");
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                let set_path = set_path.clone();
+                Box::pin(async move {
+                    sqlx::query(&set_path).execute(&mut *conn).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .context("connecting to PostgreSQL (DATABASE_URL)")?;
+        Ok(Db {
+            pool,
+            backend: Backend::Postgres,
+            schema: schema.to_string(),
+        })
+    }
+
+    async fn connect_sqlite(dir: &std::path::Path, schema: &str) -> anyhow::Result<Db> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+        let path = dir.join(format!("{schema}.db"));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let options = AnyConnectOptions::from_str(&url)?;
+        // One connection: SQLite has a single writer, and serialising here
+        // avoids SQLITE_BUSY on lock upgrades inside transactions.
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Db {
+            pool,
+            backend: Backend::Sqlite,
+            schema: schema.to_string(),
+        })
+    }
+
+    /// True when the error is a unique-constraint violation.
+    pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+        match e {
+            sqlx::Error::Database(d) => {
+                matches!(d.kind(), sqlx::error::ErrorKind::UniqueViolation)
+                    || d.code().as_deref() == Some("23505")
+                    || d.message().contains("UNIQUE constraint failed")
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The error model. Every status colend returns carries `google.rpc.ErrorInfo`
+//! (domain `colend.io`, reason from `colend.common.v1.ErrorReason` without its
+//! prefix); invalid input also carries `google.rpc.BadRequest`.
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+pub const ERROR_DOMAIN: &str = "colend.io";
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// One invalid field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Errors a use case can end in. Mapped to a status in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid request: {}", summary(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("request_id was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error("a request with this request_id is still being processed")]
+    RequestInFlight,
+    #[error("{0}")]
+    DuplicateApplication(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("{0}")]
+    NoAgreement(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{service} is unavailable: {message}")]
+    Dependency { service: String, message: String },
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+fn summary(v: &[FieldViolation]) -> String {
+    v.iter()
+        .map(|f| format!("{}: {}", f.field, f.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ApiError {
+    pub fn invalid(violations: Vec<FieldViolation>) -> Self {
+        ApiError::InvalidArgument(violations)
+    }
+
+    pub fn field(field: &str, description: &str) -> Self {
+        ApiError::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn internal(e: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(e.into())
+    }
+
+    /// The stable reason (ErrorReason value name without prefix).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument(_) => "INVALID_ARGUMENT",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            ApiError::RequestInFlight => "REQUEST_IN_FLIGHT",
+            ApiError::DuplicateApplication(_) => "DUPLICATE_APPLICATION",
+            ApiError::QuotaExceeded(_) => "QUOTA_EXCEEDED",
+            ApiError::InvalidState(_) => "INVALID_STATE",
+            ApiError::NoAgreement(_) => "NO_AGREEMENT",
+            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::Dependency { .. } => "DEPENDENCY_UNAVAILABLE",
+            ApiError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::IdempotencyKeyReused => Code::FailedPrecondition,
+            ApiError::RequestInFlight => Code::Aborted,
+            ApiError::DuplicateApplication(_) => Code::AlreadyExists,
+            ApiError::QuotaExceeded(_) => Code::ResourceExhausted,
+            ApiError::InvalidState(_) => Code::FailedPrecondition,
+            ApiError::NoAgreement(_) => Code::FailedPrecondition,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::Dependency { .. } => Code::Unavailable,
+            ApiError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let mut details = ErrorDetails::with_error_info(
+            e.reason(),
+            ERROR_DOMAIN,
+            std::collections::HashMap::<String, String>::new(),
+        );
+        if let ApiError::InvalidArgument(v) = &e {
+            for f in v {
+                details.add_bad_request_violation(f.field.clone(), f.description.clone());
+            }
+        }
+        if let ApiError::Internal(cause) = &e {
+            // The cause chain stays in the logs; the caller gets a generic message.
+            tracing::error!(error = format!("{cause:#}"), "internal error");
+        }
+        Status::with_error_details(e.code(), e.to_string(), details)
+    }
+}
+
+/// Maps a status from another colend service into this service's error,
+/// keeping client errors and turning transport failures into DEPENDENCY_UNAVAILABLE.
+pub fn from_downstream(service: &str, status: Status) -> ApiError {
+    let reason = status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default();
+    let msg = status.message().to_string();
+    match (status.code(), reason.as_str()) {
+        (_, "IDEMPOTENCY_KEY_REUSED") => ApiError::IdempotencyKeyReused,
+        (_, "QUOTA_EXCEEDED") => ApiError::QuotaExceeded(msg),
+        (_, "NO_AGREEMENT") => ApiError::NoAgreement(msg),
+        (_, "INVALID_STATE") => ApiError::InvalidState(msg),
+        (Code::NotFound, _) => ApiError::NotFound(msg),
+        (Code::InvalidArgument, _) => {
+            let v = status
+                .get_error_details()
+                .bad_request()
+                .map(|b| {
+                    b.field_violations
+                        .iter()
+                        .map(|f| FieldViolation::new(f.field.clone(), f.description.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            ApiError::InvalidArgument(v)
+        }
+        _ => ApiError::Dependency {
+            service: service.to_string(),
+            message: format!("{}: {}", status.code(), msg),
+        },
+    }
+}
+
+/// Accumulates field violations while validating a request.
+#[derive(Default, Debug)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: &str, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Records a violation when `ok` is false.
+    pub fn check(&mut self, ok: bool, field: &str, description: &str) {
+        if !ok {
+            self.add(field, description);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_result(self) -> ApiResult<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::InvalidArgument(self.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_carries_error_info_and_field_violations() {
+        let s: Status = ApiError::field("term_months", "must be 1 to 360").into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let d = s.get_error_details();
+        assert_eq!(d.error_info().unwrap().reason, "INVALID_ARGUMENT");
+        assert_eq!(d.error_info().unwrap().domain, ERROR_DOMAIN);
+        assert_eq!(d.bad_request().unwrap().field_violations[0].field, "term_months");
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let s: Status = ApiError::internal(anyhow::anyhow!("SELECT secret FROM t")).into();
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("SELECT"));
+    }
+}

@@ -1,0 +1,129 @@
+//! The gRPC server stack and outbound clients.
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::service::RoutesBuilder;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic_health::server::HealthReporter;
+
+/// Names of the services a process serves, for health.
+pub type ServiceNames = Vec<&'static str>;
+
+/// Serves `routes` plus grpc.health.v1 and server reflection (v1 and
+/// v1alpha) on `listener` until `shutdown` resolves; then reports
+/// NOT_SERVING, stops accepting, and waits at most `grace` for calls in
+/// flight.
+pub async fn serve(
+    listener: TcpListener,
+    mut routes: RoutesBuilder,
+    health: HealthReporter,
+    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    names: ServiceNames,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(colend_contracts::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(colend_contracts::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    for n in &names {
+        health
+            .set_service_status(*n, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut server = tokio::spawn(
+        Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(incoming, async {
+                stop_rx.await.ok();
+            }),
+    );
+    tokio::select! {
+        r = &mut server => {
+            return r.map_err(anyhow::Error::from)?.map_err(anyhow::Error::from);
+        }
+        _ = shutdown => {}
+    }
+    tracing::info!("shutting down: health NOT_SERVING, draining");
+    for n in names.iter().copied().chain([""]) {
+        health
+            .set_service_status(n, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    stop_tx.send(()).ok();
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(r) => r.map_err(anyhow::Error::from)?.map_err(anyhow::Error::from),
+        Err(_) => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "drain bound reached; stopping");
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        tokio::signal::ctrl_c().await.ok();
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// A lazily connecting channel to another colend service.
+pub fn channel(url: &str) -> anyhow::Result<Channel> {
+    let url = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    Ok(Endpoint::from_shared(url.clone())
+        .map_err(|e| anyhow::anyhow!("invalid service address {url:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// An outbound request with a deadline (sent as the `grpc-timeout` header)
+/// and, when given, the partner on whose behalf the call is made.
+pub fn request<T>(message: T, timeout: Duration, partner_id: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.set_timeout(timeout);
+    if let Some(p) = partner_id
+        && let Ok(v) = p.parse()
+    {
+        req.metadata_mut().insert(crate::caller::PARTNER_HEADER, v);
+    }
+    req
+}

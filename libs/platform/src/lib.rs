@@ -1,0 +1,24 @@
+//! colend's platform: what every service shares and none of them owns.
+//!
+//! Configuration from the environment, telemetry, the gRPC server stack
+//! (health, reflection, bounded graceful shutdown), outbound clients with
+//! deadlines, the error model (`google.rpc.ErrorInfo` on every status),
+//! storage on PostgreSQL or SQLite, a cache on Redis or in process, and
+//! idempotency by client request id.
+pub mod cache;
+pub mod caller;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod idempotency;
+pub mod mesh;
+pub mod paging;
+pub mod runner;
+pub mod telemetry;
+pub mod time;
+
+pub use cache::Cache;
+pub use db::Db;
+pub use error::{ApiError, ApiResult, FieldViolation, Violations};
+pub use mesh::{Endpoints, Mesh};

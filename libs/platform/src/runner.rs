@@ -1,0 +1,67 @@
+//! Running services: one per process (a pod) or several on one address.
+use crate::config::{Backends, env_or, env_parse};
+use crate::mesh::{Endpoints, Mesh};
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::service::RoutesBuilder;
+
+/// A service ready to serve: its gRPC name and how to add it to a router.
+pub struct Registered {
+    pub name: &'static str,
+    pub add: Box<dyn FnOnce(&mut RoutesBuilder) + Send>,
+}
+
+impl Registered {
+    /// `Registered::new(NAME, |routes| { routes.add_service(server); })`
+    pub fn new(name: &'static str, add: impl FnOnce(&mut RoutesBuilder) + Send + 'static) -> Self {
+        Registered {
+            name,
+            add: Box::new(add),
+        }
+    }
+}
+
+/// Drain bound on shutdown (`COLEND_SHUTDOWN_GRACE_MS`, default 10000).
+pub fn grace() -> anyhow::Result<Duration> {
+    Ok(Duration::from_millis(env_parse("COLEND_SHUTDOWN_GRACE_MS", 10_000u64)?))
+}
+
+/// Serves the registered services, health and reflection on `listener`.
+pub async fn serve_registered(
+    listener: TcpListener,
+    services: Vec<Registered>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let mut routes = RoutesBuilder::default();
+    let names = services.iter().map(|s| s.name).collect();
+    for s in services {
+        (s.add)(&mut routes);
+    }
+    crate::grpc::serve(listener, routes, reporter, health_service, names, shutdown, grace).await
+}
+
+/// Runs one service as its own process: what a Kubernetes pod runs.
+/// Listens on `COLEND_LISTEN` (default `0.0.0.0:50051`); the other services'
+/// addresses come from `COLEND_<SERVICE>_URL`.
+pub async fn run_single<F, Fut>(service: &str, register: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Mesh) -> Fut,
+    Fut: Future<Output = anyhow::Result<Registered>>,
+{
+    let _telemetry = crate::telemetry::init(service);
+    let listen = env_or("COLEND_LISTEN", "0.0.0.0:50051");
+    let listener = TcpListener::bind(&listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let port = listener.local_addr()?.port();
+    let mesh = Mesh::from_env(
+        Backends::from_env(),
+        Endpoints::from_env(&format!("http://127.0.0.1:{port}")),
+    )?;
+    let registered = register(mesh).await?;
+    tracing::info!(service, address = %listener.local_addr()?, "serving");
+    serve_registered(listener, vec![registered], crate::grpc::shutdown_signal(), grace()?).await
+}

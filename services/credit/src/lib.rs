@@ -1,0 +1,26 @@
+//! Credit: the bank's own, independent decision (rule C5). Hard rules with
+//! reason codes, a points scorecard giving a probability of default and a
+//! grade, the approved amount and term, and a cost-plus price that must fit
+//! under the all-in annual cost cap.
+pub mod app;
+pub mod domain;
+pub mod grpc;
+
+use colend_platform::Mesh;
+use colend_platform::runner::Registered;
+
+pub const SERVICE: &str = "colend.credit.v1.CreditService";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects storage, runs migrations, publishes the configured default
+/// policy when none exists, and returns the service ready to serve.
+pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
+    let db = colend_platform::Db::connect(&mesh.backends, "credit", &MIGRATOR).await?;
+    let app = app::Credit::new(db, mesh.cache.clone());
+    app.ensure_policy(domain::Policy::from_env()?).await?;
+    let server = grpc::server(app);
+    Ok(Registered::new(SERVICE, move |routes| {
+        routes.add_service(server);
+    }))
+}

@@ -1,0 +1,5 @@
+//! The credit service on its own (one Kubernetes deployment).
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    colend_platform::runner::run_single("credit", colend_credit::register).await
+}

@@ -1,0 +1,768 @@
+//! Funding use cases.
+use crate::domain::{self, Instalment, Method, Paid, Split, Terms};
+use colend_contracts::acquisition::v1 as acq;
+use colend_contracts::acquisition::v1::acquisition_service_client::AcquisitionServiceClient;
+use colend_contracts::common::v1::{Funder, Money, RepaymentMethod};
+use colend_contracts::funding::v1 as pb;
+use colend_platform::config::env_parse;
+use colend_platform::time::{format_date, now_millis, parse_date, timestamp, today};
+use colend_platform::{ApiError, ApiResult, Cache, Db, idempotency};
+use prost::Message;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Jurisdiction minimum partner share (`COLEND_FUNDING_MIN_PARTNER_SHARE_BPS`, CN default 3000).
+    pub min_partner_share_bps: i64,
+    /// Agreement cache TTL (`COLEND_FUNDING_AGREEMENT_CACHE_TTL_SECS`, default 60).
+    pub agreement_ttl: Duration,
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Settings {
+            min_partner_share_bps: env_parse("COLEND_FUNDING_MIN_PARTNER_SHARE_BPS", 3_000)?,
+            agreement_ttl: Duration::from_secs(env_parse("COLEND_FUNDING_AGREEMENT_CACHE_TTL_SECS", 60u64)?),
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct Funding {
+    db: Db,
+    cache: Cache,
+    acquisition: AcquisitionServiceClient<Channel>,
+    call_timeout: Duration,
+    settings: Settings,
+}
+
+const LOAN_COLS: &str = "loan_id, application_id, partner_id, status, currency, principal, bank_amount, \
+    partner_amount, agreement_version, partner_share_bps, bank_rate_bps, partner_rate_bps, annual_rate_bps, \
+    term_months, method, reserved_on, disbursed_on, disbursement_ref, principal_paid, interest_paid, penalty_paid, \
+    partner_principal_paid, partner_interest_paid, partner_penalty_paid";
+
+/// A loan as stored.
+#[derive(Clone, Debug)]
+struct LoanRow {
+    loan_id: String,
+    application_id: String,
+    partner_id: String,
+    status: String,
+    currency: String,
+    principal: i64,
+    bank_amount: i64,
+    partner_amount: i64,
+    agreement_version: i64,
+    terms: Terms,
+    annual_rate_bps: i64,
+    term_months: i64,
+    method: i64,
+    reserved_on: String,
+    disbursed_on: String,
+    disbursement_ref: String,
+    paid: Paid,
+}
+
+fn loan_row(r: &AnyRow) -> LoanRow {
+    LoanRow {
+        loan_id: r.get(0),
+        application_id: r.get(1),
+        partner_id: r.get(2),
+        status: r.get(3),
+        currency: r.get(4),
+        principal: r.get(5),
+        bank_amount: r.get(6),
+        partner_amount: r.get(7),
+        agreement_version: r.get(8),
+        terms: Terms {
+            partner_share_bps: r.get(9),
+            bank_rate_bps: r.get(10),
+            partner_rate_bps: r.get(11),
+        },
+        annual_rate_bps: r.get(12),
+        term_months: r.get(13),
+        method: r.get(14),
+        reserved_on: r.get(15),
+        disbursed_on: r.get(16),
+        disbursement_ref: r.get(17),
+        paid: Paid {
+            instalments: Vec::new(),
+            principal: r.get(18),
+            interest: r.get(19),
+            penalty: r.get(20),
+            partner_principal: r.get(21),
+            partner_interest: r.get(22),
+            partner_penalty: r.get(23),
+        },
+    }
+}
+
+fn method_of(m: i64) -> Method {
+    match RepaymentMethod::try_from(m as i32) {
+        Ok(RepaymentMethod::EqualPrincipal) => Method::EqualPrincipal,
+        Ok(RepaymentMethod::InterestFirst) => Method::InterestFirst,
+        _ => Method::EqualInstalment,
+    }
+}
+
+fn status_of(s: &str) -> pb::LoanStatus {
+    match s {
+        "RESERVED" => pb::LoanStatus::Reserved,
+        "DISBURSED" => pb::LoanStatus::Disbursed,
+        "VOID" => pb::LoanStatus::Void,
+        "SETTLED" => pb::LoanStatus::Settled,
+        _ => pb::LoanStatus::Unspecified,
+    }
+}
+
+fn money(minor: i64, currency: &str) -> Option<Money> {
+    Some(Money { minor_units: minor, currency_code: currency.to_string() })
+}
+
+async fn load_loan(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<Option<LoanRow>> {
+    let row = sqlx::query(&format!("SELECT {LOAN_COLS} FROM loans WHERE loan_id = $1"))
+        .bind(loan_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.as_ref().map(loan_row))
+}
+
+async fn load_schedule(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<(Vec<Instalment>, Vec<(i64, i64)>)> {
+    let rows = sqlx::query(
+        "SELECT seq, due_date, principal, interest, principal_paid, interest_paid FROM instalments WHERE loan_id = $1 ORDER BY seq",
+    )
+    .bind(loan_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut s = Vec::with_capacity(rows.len());
+    let mut paid = Vec::with_capacity(rows.len());
+    for r in rows {
+        let due: String = r.get(1);
+        s.push(Instalment {
+            seq: r.get::<i64, _>(0) as i32,
+            due: parse_date(&due).ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad stored date")))?,
+            principal: r.get(2),
+            interest: r.get(3),
+        });
+        paid.push((r.get(4), r.get(5)));
+    }
+    Ok((s, paid))
+}
+
+async fn load_repayments(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<Vec<pb::Repayment>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT body FROM repayments WHERE loan_id = $1 ORDER BY created_at, repayment_id")
+            .bind(loan_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.into_iter()
+        .map(|(b,)| {
+            let bytes = hex::decode(b).map_err(ApiError::internal)?;
+            pb::Repayment::decode(bytes.as_slice()).map_err(ApiError::internal)
+        })
+        .collect()
+}
+
+fn loan_pb(l: &LoanRow, schedule: &[Instalment], repayments: Vec<pb::Repayment>) -> pb::Loan {
+    let c = &l.currency;
+    let bank_out = if l.status == "RESERVED" || l.status == "VOID" {
+        0
+    } else {
+        l.bank_amount - (l.paid.principal - l.paid.partner_principal)
+    };
+    let partner_out = if l.status == "RESERVED" || l.status == "VOID" {
+        0
+    } else {
+        l.partner_amount - l.paid.partner_principal
+    };
+    pb::Loan {
+        loan_id: l.loan_id.clone(),
+        application_id: l.application_id.clone(),
+        partner_id: l.partner_id.clone(),
+        status: status_of(&l.status) as i32,
+        principal: money(l.principal, c),
+        bank_amount: money(l.bank_amount, c),
+        partner_amount: money(l.partner_amount, c),
+        agreement_version: l.agreement_version as i32,
+        partner_share_bps: l.terms.partner_share_bps as i32,
+        bank_rate_bps: l.terms.bank_rate_bps as i32,
+        partner_rate_bps: l.terms.partner_rate_bps as i32,
+        annual_rate_bps: l.annual_rate_bps as i32,
+        term_months: l.term_months as i32,
+        repayment_method: l.method as i32,
+        disbursed_on: l.disbursed_on.clone(),
+        disbursement_transaction_ref: l.disbursement_ref.clone(),
+        schedule: schedule
+            .iter()
+            .map(|i| pb::Instalment {
+                sequence: i.seq,
+                due_date: format_date(i.due),
+                principal: money(i.principal, c),
+                interest: money(i.interest, c),
+                total: money(i.principal + i.interest, c),
+            })
+            .collect(),
+        bank_outstanding: money(bank_out, c),
+        partner_outstanding: money(partner_out, c),
+        repayments,
+    }
+}
+
+/// Writes one balanced posting: per funder, debits equal credits.
+async fn post(
+    conn: &mut AnyConnection,
+    loan_id: &str,
+    currency: &str,
+    lines: &[(&str, &str, i64, i64)],
+) -> ApiResult<()> {
+    for funder in ["BANK", "PARTNER"] {
+        let (d, c) = lines
+            .iter()
+            .filter(|l| l.0 == funder)
+            .fold((0, 0), |(d, c), l| (d + l.2, c + l.3));
+        if d != c {
+            return Err(ApiError::internal(anyhow::anyhow!("unbalanced posting for {funder}: {d} != {c}")));
+        }
+    }
+    let posting_id = format!("pst_{}", uuid::Uuid::now_v7().simple());
+    let now = now_millis();
+    for (funder, account, debit, credit) in lines.iter().filter(|l| l.2 != 0 || l.3 != 0) {
+        sqlx::query(
+            "INSERT INTO ledger_entries (entry_id, posting_id, loan_id, funder, account, debit, credit, currency, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(format!("ent_{}", uuid::Uuid::now_v7().simple()))
+        .bind(&posting_id)
+        .bind(loan_id)
+        .bind(*funder)
+        .bind(*account)
+        .bind(*debit)
+        .bind(*credit)
+        .bind(currency)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+impl Funding {
+    pub fn new(db: Db, cache: Cache, acquisition: Channel, call_timeout: Duration, settings: Settings) -> Self {
+        Funding {
+            db,
+            cache,
+            acquisition: AcquisitionServiceClient::new(acquisition),
+            call_timeout,
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn agreement_key(partner_id: &str) -> String {
+        format!("funding:agreement:{partner_id}")
+    }
+
+    /// Creates a new version of a partner's agreement.
+    pub async fn upsert_agreement(&self, request_id: String, hash: String, a: pb::Agreement) -> ApiResult<pb::Agreement> {
+        if let Some(problem) = domain::share_problem(a.partner_share_bps as i64, self.settings.min_partner_share_bps) {
+            return Err(ApiError::field("agreement.partner_share_bps", &problem));
+        }
+        let partner = a.partner_id.clone();
+        let stored = idempotency::run(&self.db, "UpsertAgreement".into(), request_id, hash, move |tx| {
+            Box::pin(async move {
+                let (v,): (i64,) = sqlx::query_as(
+                    "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM agreements WHERE partner_id = $1",
+                )
+                .bind(&a.partner_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                let now = now_millis();
+                let quota = |m: &Option<Money>| m.as_ref().map(|m| m.minor_units).unwrap_or(0);
+                let currency = a.total_quota.as_ref().map(|m| m.currency_code.clone()).unwrap_or_default();
+                sqlx::query(
+                    "INSERT INTO agreements (partner_id, version, partner_share_bps, bank_rate_bps, partner_rate_bps, currency, \
+                     daily_quota, total_quota, effective_from, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(&a.partner_id)
+                .bind(v + 1)
+                .bind(a.partner_share_bps as i64)
+                .bind(a.bank_rate_bps as i64)
+                .bind(a.partner_rate_bps as i64)
+                .bind(&currency)
+                .bind(quota(&a.daily_quota))
+                .bind(quota(&a.total_quota))
+                .bind(&a.effective_from)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                Ok(pb::Agreement { version: (v + 1) as i32, created_at: Some(timestamp(now)), ..a })
+            })
+        })
+        .await?;
+        self.cache.delete(&Self::agreement_key(&partner)).await;
+        Ok(stored)
+    }
+
+    /// The partner's agreement in force today, read through the cache.
+    pub async fn agreement(&self, partner_id: &str) -> ApiResult<Option<pb::Agreement>> {
+        let key = Self::agreement_key(partner_id);
+        if let Some(a) = self.cache.get(&key).await.and_then(|b| pb::Agreement::decode(b.as_slice()).ok()) {
+            return Ok(Some(a));
+        }
+        let row = sqlx::query(
+            "SELECT version, partner_share_bps, bank_rate_bps, partner_rate_bps, currency, daily_quota, total_quota, \
+             effective_from, created_at FROM agreements WHERE partner_id = $1 AND effective_from <= $2 \
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(partner_id)
+        .bind(format_date(today()))
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let currency: String = r.get(4);
+        let a = pb::Agreement {
+            partner_id: partner_id.to_string(),
+            version: r.get::<i64, _>(0) as i32,
+            partner_share_bps: r.get::<i64, _>(1) as i32,
+            bank_rate_bps: r.get::<i64, _>(2) as i32,
+            partner_rate_bps: r.get::<i64, _>(3) as i32,
+            daily_quota: money(r.get(5), &currency),
+            total_quota: money(r.get(6), &currency),
+            effective_from: r.get(7),
+            created_at: Some(timestamp(r.get(8))),
+        };
+        self.cache.set(&key, &a.encode_to_vec(), self.settings.agreement_ttl).await;
+        Ok(Some(a))
+    }
+
+    /// Splits the loan and reserves the partner's quota, atomically.
+    pub async fn reserve(&self, request_id: String, hash: String, r: pb::ReserveFundingRequest) -> ApiResult<pb::Loan> {
+        let agreement = self
+            .agreement(&r.partner_id)
+            .await?
+            .ok_or_else(|| ApiError::NoAgreement(format!("no co-lending agreement is in force for partner {}", r.partner_id)))?;
+        let principal = r.principal.clone().unwrap_or_default();
+        let currency = agreement.total_quota.as_ref().map(|m| m.currency_code.clone()).unwrap_or_default();
+        if principal.currency_code != currency {
+            return Err(ApiError::field("principal.currency_code", "must be the agreement's currency"));
+        }
+        let split = domain::split(principal.minor_units, agreement.partner_share_bps as i64);
+        let scope = format!("ReserveFunding:{}", r.partner_id);
+        idempotency::run(&self.db, scope, request_id, hash, move |tx| {
+            Box::pin(async move {
+                let exists: Option<(String,)> = sqlx::query_as("SELECT loan_id FROM loans WHERE application_id = $1")
+                    .bind(&r.application_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some((id,)) = exists {
+                    return Err(ApiError::InvalidState(format!("application already has loan {id}")));
+                }
+                let day = format_date(today());
+                let total_quota = agreement.total_quota.as_ref().map(|m| m.minor_units).unwrap_or(0);
+                let daily_quota = agreement.daily_quota.as_ref().map(|m| m.minor_units).unwrap_or(0);
+                sqlx::query("INSERT INTO partner_usage (partner_id, used) VALUES ($1, 0) ON CONFLICT DO NOTHING")
+                    .bind(&r.partner_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let total = sqlx::query(
+                    "UPDATE partner_usage SET used = used + $1 WHERE partner_id = $2 AND used + $1 <= $3",
+                )
+                .bind(split.partner)
+                .bind(&r.partner_id)
+                .bind(total_quota)
+                .execute(&mut *tx)
+                .await?;
+                if total.rows_affected() != 1 {
+                    return Err(ApiError::QuotaExceeded("the partner's total co-funding quota would be exceeded".into()));
+                }
+                sqlx::query(
+                    "INSERT INTO partner_daily_usage (partner_id, day, used) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+                )
+                .bind(&r.partner_id)
+                .bind(&day)
+                .execute(&mut *tx)
+                .await?;
+                let daily = sqlx::query(
+                    "UPDATE partner_daily_usage SET used = used + $1 WHERE partner_id = $2 AND day = $3 AND used + $1 <= $4",
+                )
+                .bind(split.partner)
+                .bind(&r.partner_id)
+                .bind(&day)
+                .bind(daily_quota)
+                .execute(&mut *tx)
+                .await?;
+                if daily.rows_affected() != 1 {
+                    return Err(ApiError::QuotaExceeded("the partner's daily co-funding quota would be exceeded".into()));
+                }
+                let now = now_millis();
+                let row = LoanRow {
+                    loan_id: format!("loan_{}", uuid::Uuid::now_v7().simple()),
+                    application_id: r.application_id.clone(),
+                    partner_id: r.partner_id.clone(),
+                    status: "RESERVED".into(),
+                    currency: currency.clone(),
+                    principal: principal.minor_units,
+                    bank_amount: split.bank,
+                    partner_amount: split.partner,
+                    agreement_version: agreement.version as i64,
+                    terms: Terms {
+                        partner_share_bps: agreement.partner_share_bps as i64,
+                        bank_rate_bps: agreement.bank_rate_bps as i64,
+                        partner_rate_bps: agreement.partner_rate_bps as i64,
+                    },
+                    annual_rate_bps: r.annual_rate_bps as i64,
+                    term_months: r.term_months as i64,
+                    method: r.repayment_method as i64,
+                    reserved_on: day,
+                    disbursed_on: String::new(),
+                    disbursement_ref: String::new(),
+                    paid: Paid::default(),
+                };
+                sqlx::query(&format!(
+                    "INSERT INTO loans ({LOAN_COLS}, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                     $11, $12, $13, $14, $15, $16, $17, $18, 0, 0, 0, 0, 0, 0, $19, $19)"
+                ))
+                .bind(&row.loan_id)
+                .bind(&row.application_id)
+                .bind(&row.partner_id)
+                .bind(&row.status)
+                .bind(&row.currency)
+                .bind(row.principal)
+                .bind(row.bank_amount)
+                .bind(row.partner_amount)
+                .bind(row.agreement_version)
+                .bind(row.terms.partner_share_bps)
+                .bind(row.terms.bank_rate_bps)
+                .bind(row.terms.partner_rate_bps)
+                .bind(row.annual_rate_bps)
+                .bind(row.term_months)
+                .bind(row.method)
+                .bind(&row.reserved_on)
+                .bind(&row.disbursed_on)
+                .bind(&row.disbursement_ref)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                Ok(loan_pb(&row, &[], Vec::new()))
+            })
+        })
+        .await
+    }
+
+    /// Voids a reservation and releases the quota.
+    pub async fn release(&self, request_id: String, hash: String, loan_id: String, reason: String) -> ApiResult<pb::Loan> {
+        idempotency::run(&self.db, "ReleaseFunding".into(), request_id, hash, move |tx| {
+            Box::pin(async move {
+                let mut l = load_loan(tx, &loan_id).await?.ok_or_else(|| ApiError::NotFound("loan".into()))?;
+                if l.status != "RESERVED" {
+                    return Err(ApiError::InvalidState(format!("loan is {}, only a reserved loan can be released", l.status)));
+                }
+                sqlx::query("UPDATE partner_usage SET used = used - $1 WHERE partner_id = $2")
+                    .bind(l.partner_amount)
+                    .bind(&l.partner_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE partner_daily_usage SET used = used - $1 WHERE partner_id = $2 AND day = $3")
+                    .bind(l.partner_amount)
+                    .bind(&l.partner_id)
+                    .bind(&l.reserved_on)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE loans SET status = 'VOID', updated_at = $1 WHERE loan_id = $2")
+                    .bind(now_millis())
+                    .bind(&loan_id)
+                    .execute(&mut *tx)
+                    .await?;
+                tracing::info!(loan_id = %loan_id, reason = %reason, "reservation released");
+                l.status = "VOID".into();
+                Ok(loan_pb(&l, &[], Vec::new()))
+            })
+        })
+        .await
+    }
+
+    /// Books the bank's disbursement: schedule and ledger.
+    pub async fn book_disbursement(
+        &self,
+        request_id: String,
+        hash: String,
+        loan_id: String,
+        value_date: chrono::NaiveDate,
+        bank_ref: String,
+    ) -> ApiResult<pb::Loan> {
+        let loan = idempotency::run(&self.db, "BookDisbursement".into(), request_id.clone(), hash, move |tx| {
+            Box::pin(async move {
+                let mut l = load_loan(tx, &loan_id).await?.ok_or_else(|| ApiError::NotFound("loan".into()))?;
+                if l.status != "RESERVED" {
+                    return Err(ApiError::InvalidState(format!("loan is {}, only a reserved loan can be disbursed", l.status)));
+                }
+                let sched = domain::schedule(
+                    l.principal,
+                    l.term_months as i32,
+                    l.annual_rate_bps,
+                    method_of(l.method),
+                    value_date,
+                );
+                for i in &sched {
+                    sqlx::query(
+                        "INSERT INTO instalments (loan_id, seq, due_date, principal, interest, principal_paid, interest_paid) \
+                         VALUES ($1, $2, $3, $4, $5, 0, 0)",
+                    )
+                    .bind(&loan_id)
+                    .bind(i.seq as i64)
+                    .bind(format_date(i.due))
+                    .bind(i.principal)
+                    .bind(i.interest)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                l.status = "DISBURSED".into();
+                l.disbursed_on = format_date(value_date);
+                l.disbursement_ref = bank_ref;
+                sqlx::query(
+                    "UPDATE loans SET status = 'DISBURSED', disbursed_on = $1, disbursement_ref = $2, updated_at = $3 WHERE loan_id = $4",
+                )
+                .bind(&l.disbursed_on)
+                .bind(&l.disbursement_ref)
+                .bind(now_millis())
+                .bind(&loan_id)
+                .execute(&mut *tx)
+                .await?;
+                post(
+                    tx,
+                    &loan_id,
+                    &l.currency,
+                    &[
+                        ("BANK", "LOANS_RECEIVABLE", l.bank_amount, 0),
+                        ("BANK", "CASH", 0, l.bank_amount),
+                        ("PARTNER", "LOANS_RECEIVABLE", l.partner_amount, 0),
+                        ("PARTNER", "CASH", 0, l.partner_amount),
+                    ],
+                )
+                .await?;
+                Ok(loan_pb(&l, &sched, Vec::new()))
+            })
+        })
+        .await?;
+        self.notify(
+            format!("disbursed:{}", loan.loan_id),
+            &loan,
+            acq::ApplicationStatus::Disbursed,
+            format!("disbursed on {}", loan.disbursed_on),
+        );
+        Ok(loan)
+    }
+
+    /// Books a repayment through the waterfall and splits it between the funders.
+    pub async fn book_repayment(
+        &self,
+        request_id: String,
+        hash: String,
+        loan_id: String,
+        amount: Money,
+        value_date: chrono::NaiveDate,
+        bank_ref: String,
+    ) -> ApiResult<pb::BookRepaymentResponse> {
+        let resp = idempotency::run(&self.db, "BookRepayment".into(), request_id, hash, move |tx| {
+            Box::pin(async move {
+                let mut l = load_loan(tx, &loan_id).await?.ok_or_else(|| ApiError::NotFound("loan".into()))?;
+                if l.status != "DISBURSED" {
+                    return Err(ApiError::InvalidState(format!("loan is {}, repayments need a disbursed loan", l.status)));
+                }
+                if amount.currency_code != l.currency {
+                    return Err(ApiError::field("amount.currency_code", "must be the loan's currency"));
+                }
+                let (sched, inst_paid) = load_schedule(tx, &loan_id).await?;
+                l.paid.instalments = inst_paid;
+                let split = Split { bank: l.bank_amount, partner: l.partner_amount };
+                let a = domain::allocate(amount.minor_units, &sched, split, &l.terms, &l.paid, 0)
+                    .map_err(|e| ApiError::field("amount.minor_units", &e.to_string()))?;
+                for (seq, p, i) in &a.instalments {
+                    sqlx::query(
+                        "UPDATE instalments SET principal_paid = principal_paid + $1, interest_paid = interest_paid + $2 \
+                         WHERE loan_id = $3 AND seq = $4",
+                    )
+                    .bind(*p)
+                    .bind(*i)
+                    .bind(&loan_id)
+                    .bind(*seq as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let settled = a.after.principal == l.principal
+                    && a.after.interest == sched.iter().map(|i| i.interest).sum::<i64>();
+                let status = if settled { "SETTLED" } else { "DISBURSED" };
+                sqlx::query(
+                    "UPDATE loans SET principal_paid = $1, interest_paid = $2, penalty_paid = $3, partner_principal_paid = $4, \
+                     partner_interest_paid = $5, partner_penalty_paid = $6, status = $7, updated_at = $8 WHERE loan_id = $9",
+                )
+                .bind(a.after.principal)
+                .bind(a.after.interest)
+                .bind(a.after.penalty)
+                .bind(a.after.partner_principal)
+                .bind(a.after.partner_interest)
+                .bind(a.after.partner_penalty)
+                .bind(status)
+                .bind(now_millis())
+                .bind(&loan_id)
+                .execute(&mut *tx)
+                .await?;
+                // The partner's principal repaid frees its total quota (revolving).
+                sqlx::query("UPDATE partner_usage SET used = used - $1 WHERE partner_id = $2")
+                    .bind(a.partner.principal)
+                    .bind(&l.partner_id)
+                    .execute(&mut *tx)
+                    .await?;
+                post(
+                    tx,
+                    &loan_id,
+                    &l.currency,
+                    &[
+                        ("BANK", "CASH", a.bank.total(), 0),
+                        ("BANK", "LOANS_RECEIVABLE", 0, a.bank.principal),
+                        ("BANK", "INTEREST_INCOME", 0, a.bank.interest),
+                        ("BANK", "PENALTY_INCOME", 0, a.bank.penalty),
+                        ("PARTNER", "CASH", a.partner.total(), 0),
+                        ("PARTNER", "LOANS_RECEIVABLE", 0, a.partner.principal),
+                        ("PARTNER", "INTEREST_INCOME", 0, a.partner.interest),
+                        ("PARTNER", "PENALTY_INCOME", 0, a.partner.penalty),
+                    ],
+                )
+                .await?;
+                let c = l.currency.clone();
+                let mut allocations = Vec::new();
+                for (funder, parts) in [(Funder::Bank, a.bank), (Funder::Partner, a.partner)] {
+                    for (component, v) in [
+                        (pb::Component::Penalty, parts.penalty),
+                        (pb::Component::Interest, parts.interest),
+                        (pb::Component::Principal, parts.principal),
+                    ] {
+                        allocations.push(pb::Allocation {
+                            funder: funder as i32,
+                            component: component as i32,
+                            amount: money(v, &c),
+                        });
+                    }
+                }
+                let repayment = pb::Repayment {
+                    repayment_id: format!("rep_{}", uuid::Uuid::now_v7().simple()),
+                    loan_id: loan_id.clone(),
+                    amount: Some(amount.clone()),
+                    value_date: format_date(value_date),
+                    bank_transaction_ref: bank_ref.clone(),
+                    allocations,
+                };
+                sqlx::query(
+                    "INSERT INTO repayments (repayment_id, loan_id, amount, value_date, bank_ref, body, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&repayment.repayment_id)
+                .bind(&loan_id)
+                .bind(amount.minor_units)
+                .bind(&repayment.value_date)
+                .bind(&bank_ref)
+                .bind(hex::encode(repayment.encode_to_vec()))
+                .bind(now_millis())
+                .execute(&mut *tx)
+                .await?;
+                l.status = status.into();
+                l.paid = a.after;
+                let repayments = load_repayments(tx, &loan_id).await?;
+                let mut all = repayments;
+                all.push(repayment.clone());
+                Ok(pb::BookRepaymentResponse { repayment: Some(repayment), loan: Some(loan_pb(&l, &sched, all)) })
+            })
+        })
+        .await?;
+        if let (Some(rep), Some(loan)) = (&resp.repayment, &resp.loan) {
+            self.notify(
+                format!("repaid:{}", rep.repayment_id),
+                loan,
+                acq::ApplicationStatus::Repaying,
+                format!(
+                    "repayment of {} booked on {}",
+                    colend_core::money::format_minor(rep.amount.as_ref().map(|m| m.minor_units).unwrap_or(0)),
+                    rep.value_date
+                ),
+            );
+        }
+        Ok(resp)
+    }
+
+    /// Tells acquisition about a loan event, retrying in the background.
+    fn notify(&self, event_id: String, loan: &pb::Loan, status: acq::ApplicationStatus, detail: String) {
+        let mut client = self.acquisition.clone();
+        let timeout = self.call_timeout;
+        let msg = acq::RecordLoanEventRequest {
+            request_id: event_id,
+            application_id: loan.application_id.clone(),
+            partner_id: loan.partner_id.clone(),
+            status: status as i32,
+            detail,
+        };
+        let partner = loan.partner_id.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            for attempt in 1..=8 {
+                let req = colend_platform::grpc::request(msg.clone(), timeout, Some(&partner));
+                match client.record_loan_event(req).await {
+                    Ok(_) => return,
+                    Err(s) => {
+                        tracing::warn!(attempt, code = ?s.code(), "recording a loan event in acquisition failed");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+    }
+
+    /// A loan of the calling partner, with schedule and repayments.
+    pub async fn get_loan(&self, partner_id: &str, loan_id: &str) -> ApiResult<pb::Loan> {
+        let mut conn = self.db.pool.acquire().await?;
+        let l = load_loan(&mut conn, loan_id)
+            .await?
+            .filter(|l| l.partner_id == partner_id)
+            .ok_or_else(|| ApiError::NotFound("loan".into()))?;
+        let (sched, _) = load_schedule(&mut conn, loan_id).await?;
+        let reps = load_repayments(&mut conn, loan_id).await?;
+        Ok(loan_pb(&l, &sched, reps))
+    }
+
+    /// Ledger totals per funder and account.
+    pub async fn trial_balance(&self) -> ApiResult<pb::GetTrialBalanceResponse> {
+        let rows = sqlx::query(
+            "SELECT funder, account, currency, CAST(SUM(debit) AS BIGINT), CAST(SUM(credit) AS BIGINT) FROM ledger_entries \
+             GROUP BY funder, account, currency ORDER BY funder, account",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut balances = Vec::new();
+        let (mut td, mut tc) = (0i64, 0i64);
+        let mut currency = String::from("CNY");
+        for r in rows {
+            let funder: String = r.get(0);
+            currency = r.get(2);
+            let (d, c): (i64, i64) = (r.get(3), r.get(4));
+            td += d;
+            tc += c;
+            balances.push(pb::AccountBalance {
+                funder: if funder == "BANK" { Funder::Bank } else { Funder::Partner } as i32,
+                account: r.get(1),
+                debits: money(d, &currency),
+                credits: money(c, &currency),
+            });
+        }
+        Ok(pb::GetTrialBalanceResponse {
+            balances,
+            total_debits: money(td, &currency),
+            total_credits: money(tc, &currency),
+        })
+    }
+}

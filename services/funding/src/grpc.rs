@@ -1,0 +1,187 @@
+//! The gRPC face of funding.
+use crate::app::Funding;
+use colend_contracts::common::v1::{Money, RepaymentMethod};
+use colend_contracts::funding::v1::{self as pb, funding_service_server::{FundingService, FundingServiceServer}};
+use colend_core::request_id::validate_request_id;
+use colend_platform::idempotency::request_hash;
+use colend_platform::time::parse_date;
+use colend_platform::{ApiError, Violations, caller};
+use tonic::{Request, Response, Status};
+
+pub fn server(app: Funding) -> FundingServiceServer<FundingGrpc> {
+    FundingServiceServer::new(FundingGrpc { app })
+}
+
+pub struct FundingGrpc {
+    app: Funding,
+}
+
+fn check_request_id(v: &mut Violations, id: &str) {
+    if let Err(e) = validate_request_id(id) {
+        v.add("request_id", e);
+    }
+}
+
+fn check_money(v: &mut Violations, field: &str, m: &Option<Money>, positive: bool) {
+    match m {
+        None => v.add(field, "is required"),
+        Some(m) => {
+            if m.minor_units < 0 || (positive && m.minor_units == 0) {
+                v.add(&format!("{field}.minor_units"), if positive { "must be positive" } else { "must not be negative" });
+            }
+            if colend_core::Currency::parse(&m.currency_code).is_err() {
+                v.add(&format!("{field}.currency_code"), "must be an ISO 4217 code such as CNY");
+            }
+        }
+    }
+}
+
+fn check_id(v: &mut Violations, field: &str, id: &str) {
+    v.check(!id.is_empty() && id.len() <= 64, field, "must be 1 to 64 characters");
+}
+
+#[tonic::async_trait]
+impl FundingService for FundingGrpc {
+    async fn upsert_agreement(
+        &self,
+        request: Request<pb::UpsertAgreementRequest>,
+    ) -> Result<Response<pb::UpsertAgreementResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        check_request_id(&mut v, &r.request_id);
+        let Some(a) = r.agreement.clone() else {
+            return Err(ApiError::field("agreement", "is required").into());
+        };
+        v.check(caller::valid_partner_id(&a.partner_id), "agreement.partner_id", "must be 1 to 64 characters of letters, digits, '-' or '_'");
+        v.check((0..=10_000).contains(&a.partner_share_bps), "agreement.partner_share_bps", "must be 0 to 10000");
+        v.check((0..=10_000).contains(&a.bank_rate_bps), "agreement.bank_rate_bps", "must be 0 to 10000");
+        v.check((0..=10_000).contains(&a.partner_rate_bps), "agreement.partner_rate_bps", "must be 0 to 10000");
+        check_money(&mut v, "agreement.daily_quota", &a.daily_quota, false);
+        check_money(&mut v, "agreement.total_quota", &a.total_quota, false);
+        if let (Some(d), Some(t)) = (&a.daily_quota, &a.total_quota) {
+            v.check(d.currency_code == t.currency_code, "agreement.daily_quota.currency_code", "must match total_quota");
+        }
+        v.check(parse_date(&a.effective_from).is_some(), "agreement.effective_from", "must be a date YYYY-MM-DD");
+        v.into_result()?;
+        let hash = request_hash(&r);
+        let stored = self.app.upsert_agreement(r.request_id, hash, a).await?;
+        Ok(Response::new(pb::UpsertAgreementResponse { agreement: Some(stored) }))
+    }
+
+    async fn get_agreement(
+        &self,
+        request: Request<pb::GetAgreementRequest>,
+    ) -> Result<Response<pb::GetAgreementResponse>, Status> {
+        let r = request.into_inner();
+        let a = self
+            .app
+            .agreement(&r.partner_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("agreement".into()))?;
+        Ok(Response::new(pb::GetAgreementResponse { agreement: Some(a) }))
+    }
+
+    async fn reserve_funding(
+        &self,
+        request: Request<pb::ReserveFundingRequest>,
+    ) -> Result<Response<pb::ReserveFundingResponse>, Status> {
+        let caller = caller::partner_id(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        check_request_id(&mut v, &r.request_id);
+        check_id(&mut v, "application_id", &r.application_id);
+        v.check(r.partner_id == caller, "partner_id", "must be the calling partner");
+        check_money(&mut v, "principal", &r.principal, true);
+        v.check((1..=360).contains(&r.term_months), "term_months", "must be 1 to 360");
+        v.check((0..=10_000).contains(&r.annual_rate_bps), "annual_rate_bps", "must be 0 to 10000");
+        v.check(
+            matches!(
+                RepaymentMethod::try_from(r.repayment_method),
+                Ok(RepaymentMethod::EqualInstalment | RepaymentMethod::EqualPrincipal | RepaymentMethod::InterestFirst)
+            ),
+            "repayment_method",
+            "must be EQUAL_INSTALMENT, EQUAL_PRINCIPAL or INTEREST_FIRST",
+        );
+        v.into_result()?;
+        let hash = request_hash(&r);
+        let loan = self.app.reserve(r.request_id.clone(), hash, r).await?;
+        Ok(Response::new(pb::ReserveFundingResponse { loan: Some(loan) }))
+    }
+
+    async fn release_funding(
+        &self,
+        request: Request<pb::ReleaseFundingRequest>,
+    ) -> Result<Response<pb::ReleaseFundingResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        check_request_id(&mut v, &r.request_id);
+        check_id(&mut v, "loan_id", &r.loan_id);
+        v.check(r.reason.chars().count() <= 500, "reason", "must be at most 500 characters");
+        v.into_result()?;
+        let hash = request_hash(&r);
+        let loan = self.app.release(r.request_id, hash, r.loan_id, r.reason).await?;
+        Ok(Response::new(pb::ReleaseFundingResponse { loan: Some(loan) }))
+    }
+
+    async fn book_disbursement(
+        &self,
+        request: Request<pb::BookDisbursementRequest>,
+    ) -> Result<Response<pb::BookDisbursementResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        check_request_id(&mut v, &r.request_id);
+        check_id(&mut v, "loan_id", &r.loan_id);
+        let date = parse_date(&r.value_date);
+        v.check(date.is_some(), "value_date", "must be a date YYYY-MM-DD");
+        check_id(&mut v, "bank_transaction_ref", &r.bank_transaction_ref);
+        v.into_result()?;
+        let hash = request_hash(&r);
+        let loan = self
+            .app
+            .book_disbursement(r.request_id, hash, r.loan_id, date.unwrap_or_default(), r.bank_transaction_ref)
+            .await?;
+        Ok(Response::new(pb::BookDisbursementResponse { loan: Some(loan) }))
+    }
+
+    async fn book_repayment(
+        &self,
+        request: Request<pb::BookRepaymentRequest>,
+    ) -> Result<Response<pb::BookRepaymentResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        check_request_id(&mut v, &r.request_id);
+        check_id(&mut v, "loan_id", &r.loan_id);
+        check_money(&mut v, "amount", &r.amount, true);
+        let date = parse_date(&r.value_date);
+        v.check(date.is_some(), "value_date", "must be a date YYYY-MM-DD");
+        check_id(&mut v, "bank_transaction_ref", &r.bank_transaction_ref);
+        v.into_result()?;
+        let hash = request_hash(&r);
+        let resp = self
+            .app
+            .book_repayment(
+                r.request_id,
+                hash,
+                r.loan_id,
+                r.amount.unwrap_or_default(),
+                date.unwrap_or_default(),
+                r.bank_transaction_ref,
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn get_loan(&self, request: Request<pb::GetLoanRequest>) -> Result<Response<pb::GetLoanResponse>, Status> {
+        let caller = caller::partner_id(&request)?;
+        let r = request.into_inner();
+        let loan = self.app.get_loan(&caller, &r.loan_id).await?;
+        Ok(Response::new(pb::GetLoanResponse { loan: Some(loan) }))
+    }
+
+    async fn get_trial_balance(
+        &self,
+        _request: Request<pb::GetTrialBalanceRequest>,
+    ) -> Result<Response<pb::GetTrialBalanceResponse>, Status> {
+        Ok(Response::new(self.app.trial_balance().await?))
+    }
+}

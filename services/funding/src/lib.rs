@@ -1,0 +1,24 @@
+//! Funding: splits each approved loan between the bank and the partner under
+//! the partner's agreement (rule C1), reserves the partner's quota
+//! atomically, books disbursements and repayments, and keeps a double-entry
+//! ledger per funder.
+pub mod app;
+pub mod domain;
+pub mod grpc;
+
+use colend_platform::Mesh;
+use colend_platform::runner::Registered;
+
+pub const SERVICE: &str = "colend.funding.v1.FundingService";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
+    let db = colend_platform::Db::connect(&mesh.backends, "funding", &MIGRATOR).await?;
+    let acquisition = colend_platform::grpc::channel(&mesh.endpoints.acquisition)?;
+    let app = app::Funding::new(db, mesh.cache.clone(), acquisition, mesh.call_timeout, app::Settings::from_env()?);
+    let server = grpc::server(app);
+    Ok(Registered::new(SERVICE, move |routes| {
+        routes.add_service(server);
+    }))
+}

@@ -1,0 +1,26 @@
+//! KYC: who the borrower is. Resident ID and credit code checks, age and
+//! region from the ID, watchlist screening with fuzzy name matching, and
+//! results served from cache for repeated checks within a window.
+pub mod app;
+pub mod domain;
+pub mod grpc;
+
+use colend_platform::Mesh;
+use colend_platform::runner::Registered;
+
+/// The service's name in health and configuration.
+pub const SERVICE: &str = "colend.kyc.v1.KycService";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects storage, runs migrations, and returns the service ready to serve.
+pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
+    let db = colend_platform::Db::connect(&mesh.backends, "kyc", &MIGRATOR).await?;
+    let app = app::Kyc::new(db, mesh.cache.clone(), mesh.blind_key.clone(), app::Settings::from_env()?);
+    app.refresh_watchlist().await?;
+    app.spawn_refresher();
+    let server = grpc::server(app);
+    Ok(Registered::new(SERVICE, move |routes| {
+        routes.add_service(server);
+    }))
+}

@@ -1,0 +1,20 @@
+//! Reconciliation: matches the bank's and the partner's records of a business
+//! day, classifies every difference, and nets the day's settlement.
+pub mod app;
+pub mod domain;
+pub mod grpc;
+
+use colend_platform::Mesh;
+use colend_platform::runner::Registered;
+
+pub const SERVICE: &str = "colend.reconciliation.v1.ReconciliationService";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
+    let db = colend_platform::Db::connect(&mesh.backends, "reconciliation", &MIGRATOR).await?;
+    let server = grpc::server(app::Reconciliation::new(db));
+    Ok(Registered::new(SERVICE, move |routes| {
+        routes.add_service(server);
+    }))
+}
