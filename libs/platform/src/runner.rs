@@ -44,23 +44,29 @@ pub async fn serve_registered(
 }
 
 /// Runs one service as its own process: what a Kubernetes pod runs.
-/// Listens on `COLEND_LISTEN` (default `0.0.0.0:50051`); the other services'
-/// addresses come from `COLEND_<SERVICE>_URL`.
+/// Listens on `COLEND_LISTEN` (default `0.0.0.0:50051`); storage from
+/// `DATABASE_URL` / `COLEND_DATA_DIR`; the other services' addresses from
+/// `COLEND_<SERVICE>_URL`.
 pub async fn run_single<F, Fut>(service: &str, register: F) -> anyhow::Result<()>
 where
     F: FnOnce(Mesh) -> Fut,
     Fut: Future<Output = anyhow::Result<Registered>>,
 {
+    run_single_with(service, &env_or("COLEND_LISTEN", "0.0.0.0:50051"), Backends::from_env(), register).await
+}
+
+/// `run_single` with the address and storage given.
+pub async fn run_single_with<F, Fut>(service: &str, listen: &str, backends: Backends, register: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Mesh) -> Fut,
+    Fut: Future<Output = anyhow::Result<Registered>>,
+{
     let _telemetry = crate::telemetry::init(service);
-    let listen = env_or("COLEND_LISTEN", "0.0.0.0:50051");
-    let listener = TcpListener::bind(&listen)
+    let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let port = listener.local_addr()?.port();
-    let mesh = Mesh::from_env(
-        Backends::from_env(),
-        Endpoints::from_env(&format!("http://127.0.0.1:{port}")),
-    )?;
+    let mesh = Mesh::from_env(backends, Endpoints::from_env(&format!("http://127.0.0.1:{port}")))?;
     let registered = register(mesh).await?;
     tracing::info!(service, address = %listener.local_addr()?, "serving");
     serve_registered(listener, vec![registered], crate::grpc::shutdown_signal(), grace()?).await

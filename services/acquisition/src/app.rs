@@ -1,0 +1,276 @@
+//! Acquisition use cases and the application store.
+use crate::domain::Status;
+use crate::journey::Journey;
+use colend_contracts::acquisition::v1 as pb;
+use colend_contracts::common::v1::Money;
+use colend_core::BlindIndexKey;
+use colend_platform::time::{millis_of, now_millis, timestamp};
+use colend_platform::{ApiError, ApiResult, Db, idempotency};
+use prost::Message;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+const APP_COLS: &str = "application_id, partner_id, status, reason_codes, business_name, credit_code, \
+    masked_resident_id, currency, requested_amount, term_months, purpose, repayment_method, kyc_check_id, \
+    decision, funding, created_at, updated_at";
+
+fn split_codes(s: &str) -> Vec<String> {
+    s.split(',').filter(|c| !c.is_empty()).map(str::to_string).collect()
+}
+
+fn decode_hex<M: Message + Default>(s: &str) -> Option<M> {
+    if s.is_empty() {
+        return None;
+    }
+    hex::decode(s).ok().and_then(|b| M::decode(b.as_slice()).ok())
+}
+
+fn status_pb(s: &str) -> i32 {
+    pb::ApplicationStatus::from_str_name(&format!("APPLICATION_STATUS_{s}"))
+        .unwrap_or(pb::ApplicationStatus::Unspecified) as i32
+}
+
+fn application_of(r: &AnyRow) -> pb::Application {
+    let currency: String = r.get(7);
+    pb::Application {
+        application_id: r.get(0),
+        partner_id: r.get(1),
+        status: status_pb(&r.get::<String, _>(2)),
+        reason_codes: split_codes(&r.get::<String, _>(3)),
+        business_name: r.get(4),
+        credit_code: r.get(5),
+        masked_resident_id: r.get(6),
+        requested_amount: Some(Money { minor_units: r.get(8), currency_code: currency }),
+        term_months: r.get::<i64, _>(9) as i32,
+        purpose: r.get::<i64, _>(10) as i32,
+        repayment_method: r.get::<i64, _>(11) as i32,
+        kyc_check_id: r.get(12),
+        decision: decode_hex(&r.get::<String, _>(13)),
+        funding: decode_hex(&r.get::<String, _>(14)),
+        history: Vec::new(),
+        created_at: Some(timestamp(r.get(15))),
+        updated_at: Some(timestamp(r.get(16))),
+    }
+}
+
+/// Loads an application with its history; `partner_id` scopes the read.
+pub async fn load(conn: &mut AnyConnection, application_id: &str, partner_id: Option<&str>) -> ApiResult<Option<pb::Application>> {
+    let row = sqlx::query(&format!("SELECT {APP_COLS} FROM applications WHERE application_id = $1"))
+        .bind(application_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut app = application_of(&row);
+    if partner_id.is_some_and(|p| p != app.partner_id) {
+        return Ok(None);
+    }
+    let events = sqlx::query(
+        "SELECT status, occurred_at, detail, reason_codes FROM application_events WHERE application_id = $1 ORDER BY event_id",
+    )
+    .bind(application_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    app.history = events
+        .iter()
+        .map(|e| pb::ApplicationEvent {
+            status: status_pb(&e.get::<String, _>(0)),
+            occurred_at: Some(timestamp(e.get(1))),
+            detail: e.get(2),
+            reason_codes: split_codes(&e.get::<String, _>(3)),
+        })
+        .collect();
+    Ok(Some(app))
+}
+
+/// Appends an event to the history.
+pub async fn insert_event(conn: &mut AnyConnection, application_id: &str, status: Status, detail: &str, reasons: &[String], at: i64) -> ApiResult<()> {
+    sqlx::query(
+        "INSERT INTO application_events (event_id, application_id, status, detail, reason_codes, occurred_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(format!("evt_{}", uuid::Uuid::now_v7().simple()))
+    .bind(application_id)
+    .bind(status.name())
+    .bind(detail)
+    .bind(reasons.join(","))
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The application's borrower is no longer in flight.
+pub async fn release_borrower(conn: &mut AnyConnection, application_id: &str) -> ApiResult<()> {
+    sqlx::query("DELETE FROM inflight_borrowers WHERE application_id = $1")
+        .bind(application_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(Clone)]
+pub struct Acquisition {
+    db: Db,
+    key: BlindIndexKey,
+    journey: Journey,
+}
+
+impl Acquisition {
+    pub fn new(db: Db, key: BlindIndexKey, journey: Journey) -> Self {
+        Acquisition { db, key, journey }
+    }
+
+    pub fn journey(&self) -> &Journey {
+        &self.journey
+    }
+
+    /// Records a validated application and starts its journey.
+    pub async fn submit(&self, partner_id: String, hash: String, r: pb::SubmitApplicationRequest) -> ApiResult<pb::Application> {
+        let legal = r.legal_representative.clone().unwrap_or_default();
+        let business = r.business.clone().unwrap_or_default();
+        let resident = colend_core::ResidentId::parse(&legal.resident_id)
+            .map_err(|e| ApiError::field("legal_representative.resident_id", &e.to_string()))?;
+        let credit_code = colend_core::CreditCode::parse(&business.credit_code)
+            .map_err(|e| ApiError::field("business.credit_code", &e.to_string()))?;
+        let person_key = self.key.index("person", &[resident.expose()]);
+        let business_key = self.key.index("business", &[credit_code.as_str()]);
+        let scope = format!("SubmitApplication:{partner_id}");
+        let request_id = r.request_id.clone();
+        let app = idempotency::run(&self.db, scope, request_id, hash, move |tx| {
+            Box::pin(async move {
+                let id = format!("app_{}", uuid::Uuid::now_v7().simple());
+                for key in [&person_key, &business_key] {
+                    let claimed = sqlx::query(
+                        "INSERT INTO inflight_borrowers (partner_id, borrower_key, application_id) VALUES ($1, $2, $3)",
+                    )
+                    .bind(&partner_id)
+                    .bind(key)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await;
+                    match claimed {
+                        Ok(_) => {}
+                        Err(e) if Db::is_unique_violation(&e) => {
+                            return Err(ApiError::DuplicateApplication(
+                                "the borrower already has an application in flight with this partner".into(),
+                            ));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                let now = now_millis();
+                let amount = r.requested_amount.clone().unwrap_or_default();
+                let consent = r.consent.clone().unwrap_or_default();
+                sqlx::query(
+                    "INSERT INTO applications (application_id, partner_id, status, reason_codes, business_name, credit_code, \
+                     masked_resident_id, person_key, business_key, currency, requested_amount, term_months, purpose, \
+                     repayment_method, request_body, consent_scopes, consent_channel, consent_text_version, consent_granted_at, \
+                     kyc_check_id, kyc_age, kyc_region, decision, funding, created_at, updated_at) \
+                     VALUES ($1, $2, 'SUBMITTED', '', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+                     '', 0, '', '', '', $18, $18)",
+                )
+                .bind(&id)
+                .bind(&partner_id)
+                .bind(business.name.trim())
+                .bind(credit_code.as_str())
+                .bind(resident.masked())
+                .bind(&person_key)
+                .bind(&business_key)
+                .bind(&amount.currency_code)
+                .bind(amount.minor_units)
+                .bind(r.term_months as i64)
+                .bind(r.purpose as i64)
+                .bind(r.repayment_method as i64)
+                .bind(hex::encode(r.encode_to_vec()))
+                .bind(consent.scopes.join(","))
+                .bind(&consent.channel)
+                .bind(&consent.text_version)
+                .bind(consent.granted_at.as_ref().map(millis_of).unwrap_or(0))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                insert_event(tx, &id, Status::Submitted, "application received; consent recorded", &[], now).await?;
+                load(tx, &id, None)
+                    .await?
+                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application vanished")))
+            })
+        })
+        .await?;
+        if app.status == pb::ApplicationStatus::Submitted as i32 {
+            self.journey.start(app.application_id.clone());
+        }
+        Ok(app)
+    }
+
+    pub async fn get(&self, partner_id: &str, application_id: &str) -> ApiResult<pb::Application> {
+        let mut conn = self.db.pool.acquire().await?;
+        load(&mut conn, application_id, Some(partner_id))
+            .await?
+            .ok_or_else(|| ApiError::NotFound("application".into()))
+    }
+
+    /// The partner's applications, newest first, keyset-paginated.
+    pub async fn list(&self, partner_id: &str, page_size: i64, before: &str, status: Option<Status>) -> ApiResult<(Vec<pb::Application>, String)> {
+        let before = if before.is_empty() { "~".to_string() } else { before.to_string() };
+        let rows = sqlx::query(&format!(
+            "SELECT {APP_COLS} FROM applications WHERE partner_id = $1 AND application_id < $2 \
+             AND ($3 = '' OR status = $3) ORDER BY application_id DESC LIMIT $4"
+        ))
+        .bind(partner_id)
+        .bind(&before)
+        .bind(status.map(|s| s.name()).unwrap_or(""))
+        .bind(page_size + 1)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut apps: Vec<pb::Application> = rows.iter().map(application_of).collect();
+        let next = if apps.len() as i64 > page_size {
+            apps.truncate(page_size as usize);
+            apps.last().map(|a| a.application_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((apps, next))
+    }
+
+    /// Records a disbursement or repayment reported by funding.
+    pub async fn record_loan_event(&self, hash: String, r: pb::RecordLoanEventRequest) -> ApiResult<pb::Application> {
+        let event = match pb::ApplicationStatus::try_from(r.status) {
+            Ok(pb::ApplicationStatus::Disbursed) => Status::Disbursed,
+            Ok(pb::ApplicationStatus::Repaying) => Status::Repaying,
+            _ => return Err(ApiError::field("status", "must be DISBURSED or REPAYING")),
+        };
+        let scope = format!("RecordLoanEvent:{}", r.partner_id);
+        let app_id = r.application_id.clone();
+        let app = idempotency::run(&self.db, scope, r.request_id.clone(), hash, move |tx| {
+            Box::pin(async move {
+                let row: Option<(String, String)> =
+                    sqlx::query_as("SELECT status, partner_id FROM applications WHERE application_id = $1")
+                        .bind(&r.application_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let (current, partner) = row.ok_or_else(|| ApiError::NotFound("application".into()))?;
+                if partner != r.partner_id {
+                    return Err(ApiError::NotFound("application".into()));
+                }
+                let current = Status::parse(&current).ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad status")))?;
+                let next = current.after_loan_event(event);
+                let now = now_millis();
+                sqlx::query("UPDATE applications SET status = $1, updated_at = $2 WHERE application_id = $3")
+                    .bind(next.name())
+                    .bind(now)
+                    .bind(&r.application_id)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_event(tx, &r.application_id, event, &r.detail, &[], now).await?;
+                if !next.holds_borrower() {
+                    release_borrower(tx, &r.application_id).await?;
+                }
+                load(tx, &r.application_id, None)
+                    .await?
+                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application vanished")))
+            })
+        })
+        .await?;
+        self.journey.notify(&app_id);
+        Ok(app)
+    }
+}

@@ -1,0 +1,104 @@
+//! The application's states. Pure: no I/O.
+
+/// Where an application stands; stored by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    Submitted,
+    KycPassed,
+    KycRejected,
+    Approved,
+    Declined,
+    FundsReserved,
+    FundingRejected,
+    Disbursed,
+    Repaying,
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 10] = [
+        Status::Submitted,
+        Status::KycPassed,
+        Status::KycRejected,
+        Status::Approved,
+        Status::Declined,
+        Status::FundsReserved,
+        Status::FundingRejected,
+        Status::Disbursed,
+        Status::Repaying,
+        Status::Failed,
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Status::Submitted => "SUBMITTED",
+            Status::KycPassed => "KYC_PASSED",
+            Status::KycRejected => "KYC_REJECTED",
+            Status::Approved => "APPROVED",
+            Status::Declined => "DECLINED",
+            Status::FundsReserved => "FUNDS_RESERVED",
+            Status::FundingRejected => "FUNDING_REJECTED",
+            Status::Disbursed => "DISBURSED",
+            Status::Repaying => "REPAYING",
+            Status::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    /// No further step will happen.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Status::KycRejected | Status::Declined | Status::FundingRejected | Status::Failed)
+    }
+
+    /// The journey still has automatic steps to run.
+    pub fn is_in_progress(&self) -> bool {
+        matches!(self, Status::Submitted | Status::KycPassed | Status::Approved)
+    }
+
+    /// The borrower counts as "in flight" with the partner: a new
+    /// application for the same borrower is a duplicate.
+    pub fn holds_borrower(&self) -> bool {
+        matches!(self, Status::Submitted | Status::KycPassed | Status::Approved | Status::FundsReserved)
+    }
+
+    /// Loan events move the status forward only.
+    pub fn after_loan_event(self, event: Status) -> Status {
+        match (self, event) {
+            (Status::FundsReserved, Status::Disbursed) => Status::Disbursed,
+            (Status::FundsReserved | Status::Disbursed | Status::Repaying, Status::Repaying) => Status::Repaying,
+            (s, _) => s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.name()), Some(s));
+        }
+    }
+
+    #[test]
+    fn loan_events_only_move_forward() {
+        assert_eq!(Status::FundsReserved.after_loan_event(Status::Disbursed), Status::Disbursed);
+        assert_eq!(Status::Repaying.after_loan_event(Status::Disbursed), Status::Repaying);
+        assert_eq!(Status::Disbursed.after_loan_event(Status::Repaying), Status::Repaying);
+        assert_eq!(Status::Declined.after_loan_event(Status::Repaying), Status::Declined);
+    }
+
+    #[test]
+    fn terminal_states_release_the_borrower() {
+        for s in Status::ALL {
+            if s.is_terminal() {
+                assert!(!s.holds_borrower() && !s.is_in_progress());
+            }
+        }
+    }
+}

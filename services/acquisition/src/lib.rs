@@ -1,0 +1,27 @@
+//! Acquisition: where a partner brings a borrower. Validates and records the
+//! application with the borrower's consent, refuses a borrower already in
+//! flight with the same partner, and drives the loan's journey: KYC, the
+//! bank's credit decision, funding. Partners follow it with Get and Watch.
+pub mod app;
+pub mod domain;
+pub mod grpc;
+pub mod journey;
+
+use colend_platform::Mesh;
+use colend_platform::runner::Registered;
+
+pub const SERVICE: &str = "colend.acquisition.v1.AcquisitionService";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects storage, resumes unfinished journeys, and returns the service.
+pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
+    let db = colend_platform::Db::connect(&mesh.backends, "acquisition", &MIGRATOR).await?;
+    let journey = journey::Journey::new(db.clone(), &mesh)?;
+    let app = app::Acquisition::new(db, mesh.blind_key.clone(), journey.clone());
+    journey.resume_unfinished();
+    let server = grpc::server(app);
+    Ok(Registered::new(SERVICE, move |routes| {
+        routes.add_service(server);
+    }))
+}

@@ -1,0 +1,619 @@
+//! `colend demo`: acts as a partner and as the bank's core system against a
+//! running mesh. Sets up the partner's agreement and the watchlists, takes
+//! generated borrowers through the whole journey, books a disbursement and a
+//! first repayment for every funded loan, reconciles both sides' records of
+//! the day, and checks the money invariants on the way.
+use crate::borrowers::{self, Borrower, Plant};
+use colend_contracts::acquisition::v1 as acq;
+use colend_contracts::acquisition::v1::acquisition_service_client::AcquisitionServiceClient;
+use colend_contracts::common::v1::{Funder, Money};
+use colend_contracts::funding::v1 as fund;
+use colend_contracts::funding::v1::funding_service_client::FundingServiceClient;
+use colend_contracts::kyc::v1 as kyc;
+use colend_contracts::kyc::v1::kyc_service_client::KycServiceClient;
+use colend_contracts::reconciliation::v1 as recon;
+use colend_contracts::reconciliation::v1::reconciliation_service_client::ReconciliationServiceClient;
+use colend_core::money::format_minor;
+use colend_platform::grpc::{channel, request};
+use futures::StreamExt;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Address of the mesh (all five services).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub endpoint: String,
+    /// How many applications to submit.
+    #[arg(long, default_value_t = 20)]
+    pub applications: usize,
+    /// Print the summary as one JSON object on standard output.
+    #[arg(long)]
+    pub json: bool,
+    /// Partner id to act as (default: a new one per run, so each run's
+    /// reconciliation covers exactly its own records).
+    #[arg(long)]
+    pub partner: Option<String>,
+    /// Applications in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Seed of the borrower generator (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Partner's share of each loan in the agreement the demo sets up, basis points.
+    #[arg(long, default_value_t = 3_000)]
+    pub partner_share_bps: i32,
+}
+
+const CNY: &str = "CNY";
+const CALL: Duration = Duration::from_secs(10);
+
+fn cny(minor: i64) -> Option<Money> {
+    Some(Money { minor_units: minor, currency_code: CNY.into() })
+}
+
+fn minor(m: &Option<Money>) -> i64 {
+    m.as_ref().map(|m| m.minor_units).unwrap_or(0)
+}
+
+#[derive(Clone)]
+struct Clients {
+    acquisition: AcquisitionServiceClient<Channel>,
+    funding: FundingServiceClient<Channel>,
+    kyc: KycServiceClient<Channel>,
+    recon: ReconciliationServiceClient<Channel>,
+    partner: String,
+    run: String,
+}
+
+/// One side's record, as the demo collects it.
+#[derive(Clone, Debug)]
+struct Rec {
+    kind: recon::RecordKind,
+    tx: String,
+    loan: String,
+    date: String,
+    amount: i64,
+    bank: i64,
+    partner: i64,
+}
+
+impl Rec {
+    fn to_pb(&self) -> recon::Record {
+        recon::Record {
+            kind: self.kind as i32,
+            transaction_id: self.tx.clone(),
+            loan_id: self.loan.clone(),
+            value_date: self.date.clone(),
+            amount: cny(self.amount),
+            bank_portion: cny(self.bank),
+            partner_portion: cny(self.partner),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Outcome {
+    InvalidRejected,
+    Terminal { status: String, reasons: Vec<String> },
+    Funded { status: String, principal: i64, bank: i64, partner: i64, repaid: i64, bank_recs: Vec<Rec>, partner_recs: Vec<Rec> },
+    Error(String),
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct FundedSummary {
+    pub loans: u64,
+    pub principal_minor: i64,
+    pub bank_minor: i64,
+    pub partner_minor: i64,
+    pub principal: String,
+    pub bank: String,
+    pub partner: String,
+    pub min_partner_share_bps: Option<i64>,
+    pub first_repayments_minor: i64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ReconSummary {
+    pub run_id: String,
+    pub business_date: String,
+    pub bank_records: i64,
+    pub partner_records: i64,
+    pub matched: i64,
+    pub breaks: i64,
+    pub partner_owes_bank_minor: i64,
+    pub partner_owes_bank: String,
+    pub settlement_verified: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub partner_id: String,
+    pub applications: usize,
+    pub seed: u64,
+    pub outcomes: BTreeMap<String, u64>,
+    pub decline_reasons: BTreeMap<String, u64>,
+    pub duplicates_rejected: u64,
+    pub funded: FundedSummary,
+    pub reconciliation: ReconSummary,
+    pub ledger_balanced: bool,
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    pub invariant_violations: Vec<String>,
+    pub elapsed_ms: u128,
+}
+
+fn reason_of(s: &tonic::Status) -> String {
+    s.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
+}
+
+fn status_name(s: i32) -> String {
+    acq::ApplicationStatus::try_from(s)
+        .map(|x| x.as_str_name().trim_start_matches("APPLICATION_STATUS_").to_string())
+        .unwrap_or_else(|_| format!("{s}"))
+}
+
+fn submission(c: &Clients, i: usize, b: &Borrower, attempt: &str) -> acq::SubmitApplicationRequest {
+    acq::SubmitApplicationRequest {
+        request_id: format!("demo-{}-{i}{attempt}", c.run),
+        business: Some(acq::Business {
+            name: b.business_name.clone(),
+            credit_code: b.credit_code.clone(),
+            years_in_business: b.years_in_business,
+        }),
+        legal_representative: Some(acq::LegalRepresentative {
+            name: b.person_name.clone(),
+            resident_id: b.resident_id.clone(),
+            mobile: b.mobile.clone(),
+        }),
+        requested_amount: cny(b.requested),
+        term_months: b.term_months,
+        purpose: b.purpose,
+        repayment_method: b.method,
+        partner_score: b.partner_score,
+        scenario: Some(acq::ScenarioData {
+            annual_tax_revenue: cny(b.annual_tax_revenue),
+            invoice_turnover_12m: cny(b.invoice_turnover),
+            turnover_trend_bps: b.turnover_trend_bps,
+            open_loans_elsewhere: b.open_loans_elsewhere,
+        }),
+        consent: Some(acq::Consent {
+            scopes: vec!["identity".into(), "credit_report".into(), "tax_data".into(), "invoice_data".into()],
+            granted_at: Some(colend_platform::time::timestamp(colend_platform::time::now_millis() - 60_000)),
+            channel: "app".into(),
+            text_version: "2026.1".into(),
+        }),
+    }
+}
+
+/// Takes one borrower through the journey.
+async fn one(c: Clients, i: usize, b: Borrower, today: String, dup: &std::sync::atomic::AtomicU64) -> Outcome {
+    let mut acqc = c.acquisition.clone();
+    let submitted = acqc
+        .submit_application(request(submission(&c, i, &b, ""), CALL, Some(&c.partner)))
+        .await;
+    let app = match submitted {
+        Ok(r) => r.into_inner().application.unwrap_or_default(),
+        Err(s) if s.code() == tonic::Code::InvalidArgument && b.plant == Plant::InvalidId => return Outcome::InvalidRejected,
+        Err(s) => return Outcome::Error(format!("submit #{i}: {} {}", s.code(), s.message())),
+    };
+    // Every 50th good borrower is submitted twice while in flight: dedup must refuse it.
+    if b.plant == Plant::Good && i % 50 == 3 {
+        match acqc.submit_application(request(submission(&c, i, &b, "-again"), CALL, Some(&c.partner))).await {
+            Err(s) if s.code() == tonic::Code::AlreadyExists && reason_of(&s) == "DUPLICATE_APPLICATION" => {
+                dup.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+            other => return Outcome::Error(format!("duplicate #{i} was not refused: {other:?}")),
+        }
+    }
+    // Follow the application live until funds are reserved or it ends.
+    let watched = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut stream = acqc
+            .watch_application(request(acq::WatchApplicationRequest { application_id: app.application_id.clone() }, Duration::from_secs(60), Some(&c.partner)))
+            .await?
+            .into_inner();
+        let mut last = app.clone();
+        while let Some(m) = stream.message().await? {
+            last = m.application.unwrap_or_default();
+            let s = status_name(last.status);
+            if matches!(s.as_str(), "FUNDS_RESERVED" | "KYC_REJECTED" | "DECLINED" | "FUNDING_REJECTED" | "FAILED") {
+                break;
+            }
+        }
+        Ok::<_, tonic::Status>(last)
+    })
+    .await;
+    let app = match watched {
+        Ok(Ok(a)) => a,
+        Ok(Err(s)) => return Outcome::Error(format!("watch #{i}: {} {}", s.code(), s.message())),
+        Err(_) => return Outcome::Error(format!("watch #{i}: no final status within 60 s")),
+    };
+    let status = status_name(app.status);
+    if status != "FUNDS_RESERVED" {
+        return Outcome::Terminal { status, reasons: app.reason_codes };
+    }
+    let loan_id = app.funding.as_ref().map(|f| f.loan_id.clone()).unwrap_or_default();
+    // As the bank core: disburse, then book the first instalment.
+    let mut fc = c.funding.clone();
+    let disb_ref = format!("BNK-D-{}", &loan_id[5..]);
+    let loan = match fc
+        .book_disbursement(request(
+            fund::BookDisbursementRequest {
+                request_id: format!("demo-disburse-{loan_id}"),
+                loan_id: loan_id.clone(),
+                value_date: today.clone(),
+                bank_transaction_ref: disb_ref.clone(),
+            },
+            CALL,
+            None,
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner().loan.unwrap_or_default(),
+        Err(s) => return Outcome::Error(format!("disburse #{i}: {} {}", s.code(), s.message())),
+    };
+    let first = loan.schedule.first().map(|x| minor(&x.total)).unwrap_or(0);
+    let rep_ref = format!("BNK-R-{}-1", &loan_id[5..]);
+    let rep = match fc
+        .book_repayment(request(
+            fund::BookRepaymentRequest {
+                request_id: format!("demo-repay-{loan_id}-1"),
+                loan_id: loan_id.clone(),
+                amount: cny(first),
+                value_date: today.clone(),
+                bank_transaction_ref: rep_ref.clone(),
+            },
+            CALL,
+            None,
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner().repayment.unwrap_or_default(),
+        Err(s) => return Outcome::Error(format!("repay #{i}: {} {}", s.code(), s.message())),
+    };
+    let part = |f: Funder, r: &fund::Repayment| -> i64 {
+        r.allocations.iter().filter(|a| a.funder == f as i32).map(|a| minor(&a.amount)).sum()
+    };
+    let bank_recs = vec![
+        Rec {
+            kind: recon::RecordKind::Disbursement,
+            tx: disb_ref.clone(),
+            loan: loan_id.clone(),
+            date: today.clone(),
+            amount: minor(&loan.principal),
+            bank: minor(&loan.bank_amount),
+            partner: minor(&loan.partner_amount),
+        },
+        Rec {
+            kind: recon::RecordKind::Repayment,
+            tx: rep_ref.clone(),
+            loan: loan_id.clone(),
+            date: today.clone(),
+            amount: minor(&rep.amount),
+            bank: part(Funder::Bank, &rep),
+            partner: part(Funder::Partner, &rep),
+        },
+    ];
+    // As the partner: its own view of the loan.
+    let theirs = match fc.get_loan(request(fund::GetLoanRequest { loan_id: loan_id.clone() }, CALL, Some(&c.partner))).await {
+        Ok(r) => r.into_inner().loan.unwrap_or_default(),
+        Err(s) => return Outcome::Error(format!("get loan #{i}: {} {}", s.code(), s.message())),
+    };
+    let mut partner_recs = vec![Rec {
+        kind: recon::RecordKind::Disbursement,
+        tx: theirs.disbursement_transaction_ref.clone(),
+        loan: loan_id.clone(),
+        date: theirs.disbursed_on.clone(),
+        amount: minor(&theirs.principal),
+        bank: minor(&theirs.bank_amount),
+        partner: minor(&theirs.partner_amount),
+    }];
+    for r in &theirs.repayments {
+        partner_recs.push(Rec {
+            kind: recon::RecordKind::Repayment,
+            tx: r.bank_transaction_ref.clone(),
+            loan: loan_id.clone(),
+            date: r.value_date.clone(),
+            amount: minor(&r.amount),
+            bank: part(Funder::Bank, r),
+            partner: part(Funder::Partner, r),
+        });
+    }
+    // The application's history catches up with the loan events.
+    let mut final_status = status;
+    for _ in 0..100 {
+        if let Ok(r) = acqc
+            .get_application(request(acq::GetApplicationRequest { application_id: app.application_id.clone() }, CALL, Some(&c.partner)))
+            .await
+        {
+            final_status = status_name(r.into_inner().application.unwrap_or_default().status);
+            if final_status == "REPAYING" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Outcome::Funded {
+        status: final_status,
+        principal: minor(&loan.principal),
+        bank: minor(&loan.bank_amount),
+        partner: minor(&loan.partner_amount),
+        repaid: minor(&rep.amount),
+        bank_recs,
+        partner_recs,
+    }
+}
+
+async fn setup(c: &Clients, share_bps: i32) -> anyhow::Result<()> {
+    let mut f = c.funding.clone();
+    f.upsert_agreement(request(
+        fund::UpsertAgreementRequest {
+            request_id: format!("demo-agreement-{}", c.partner),
+            agreement: Some(fund::Agreement {
+                partner_id: c.partner.clone(),
+                partner_share_bps: share_bps,
+                bank_rate_bps: 900,
+                partner_rate_bps: 1_100,
+                daily_quota: cny(5_000_000_000_00),
+                total_quota: cny(50_000_000_000_00),
+                effective_from: "2026-01-01".into(),
+                ..Default::default()
+            }),
+        },
+        CALL,
+        None,
+    ))
+    .await?;
+    let mut k = c.kyc.clone();
+    for (n, (kind, name, note)) in [
+        (kyc::WatchlistKind::Fraud, borrowers::WATCHLISTED_BUSINESS, "demo fraud list entry"),
+        (kyc::WatchlistKind::Sanctions, borrowers::WATCHLISTED_PERSON, "demo sanctions entry"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        k.add_watchlist_entry(request(
+            kyc::AddWatchlistEntryRequest {
+                request_id: format!("demo-watchlist-{n}"),
+                kind: kind as i32,
+                name: name.into(),
+                note: note.into(),
+            },
+            CALL,
+            None,
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs the demo and prints its summary; fails when anything went wrong.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let summary = execute(&args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print_text(&summary);
+    }
+    if summary.errors > 0 || !summary.invariant_violations.is_empty() {
+        anyhow::bail!("the demo finished with {} errors and {} invariant violations", summary.errors, summary.invariant_violations.len());
+    }
+    Ok(())
+}
+
+/// Runs the demo and returns its summary.
+pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let ch = channel(&args.endpoint)?;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let partner = args.partner.clone().unwrap_or_else(|| format!("partner-{}", &run[run.len() - 8..]));
+    let c = Clients {
+        acquisition: AcquisitionServiceClient::new(ch.clone()),
+        funding: FundingServiceClient::new(ch.clone()),
+        kyc: KycServiceClient::new(ch.clone()),
+        recon: ReconciliationServiceClient::new(ch),
+        partner: partner.clone(),
+        run,
+    };
+    setup(&c, args.partner_share_bps)
+        .await
+        .map_err(|e| anyhow::anyhow!("setting up the partner agreement and watchlists at {}: {e}", args.endpoint))?;
+    let seed = args.seed.unwrap_or_else(|| colend_platform::time::now_millis() as u64);
+    let today_date = colend_platform::time::today();
+    let today = colend_platform::time::format_date(today_date);
+    let list = borrowers::generate(args.applications, seed, today_date);
+    let bar = indicatif::ProgressBar::new(args.applications as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} applications {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let dups = std::sync::atomic::AtomicU64::new(0);
+    let outcomes: Vec<Outcome> = futures::stream::iter(list.into_iter().enumerate())
+        .map(|(i, b)| {
+            let (c, today, dups, bar) = (c.clone(), today.clone(), &dups, bar.clone());
+            async move {
+                let o = one(c, i, b, today, dups).await;
+                bar.inc(1);
+                o
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+
+    let mut s = Summary {
+        partner_id: partner.clone(),
+        applications: args.applications,
+        seed,
+        duplicates_rejected: dups.load(std::sync::atomic::Ordering::Relaxed),
+        ..Default::default()
+    };
+    let (mut bank_recs, mut partner_recs) = (Vec::new(), Vec::new());
+    let mut min_share: Option<i64> = None;
+    for o in outcomes {
+        match o {
+            Outcome::InvalidRejected => *s.outcomes.entry("INVALID_REJECTED".into()).or_default() += 1,
+            Outcome::Terminal { status, reasons } => {
+                if reasons.is_empty() {
+                    s.invariant_violations.push(format!("{status} without reason codes"));
+                }
+                for r in &reasons {
+                    *s.decline_reasons.entry(r.clone()).or_default() += 1;
+                }
+                *s.outcomes.entry(status).or_default() += 1;
+            }
+            Outcome::Funded { status, principal, bank, partner, repaid, bank_recs: b, partner_recs: p } => {
+                *s.outcomes.entry(format!("FUNDED ({status})")).or_default() += 1;
+                if bank + partner != principal {
+                    s.invariant_violations.push(format!("split {bank} + {partner} != {principal}"));
+                }
+                if (partner as i128) * 10_000 < principal as i128 * args.partner_share_bps as i128 {
+                    s.invariant_violations.push(format!("partner share {partner} of {principal} is below the agreement"));
+                }
+                if principal > 0 {
+                    let bps = partner * 10_000 / principal;
+                    min_share = Some(min_share.map_or(bps, |m| m.min(bps)));
+                }
+                s.funded.loans += 1;
+                s.funded.principal_minor += principal;
+                s.funded.bank_minor += bank;
+                s.funded.partner_minor += partner;
+                s.funded.first_repayments_minor += repaid;
+                bank_recs.extend(b);
+                partner_recs.extend(p);
+            }
+            Outcome::Error(e) => {
+                s.errors += 1;
+                if s.error_samples.len() < 5 {
+                    s.error_samples.push(e);
+                }
+            }
+        }
+    }
+    s.funded.min_partner_share_bps = min_share;
+    s.funded.principal = format_minor(s.funded.principal_minor);
+    s.funded.bank = format_minor(s.funded.bank_minor);
+    s.funded.partner = format_minor(s.funded.partner_minor);
+
+    // Reconcile the day: the bank's records against the partner's.
+    let mut rc = c.recon.clone();
+    for (side, recs) in [(recon::Side::Bank, &bank_recs), (recon::Side::Partner, &partner_recs)] {
+        for (n, chunk) in recs.chunks(1_000).enumerate() {
+            rc.ingest_records(request(
+                recon::IngestRecordsRequest {
+                    request_id: format!("demo-{}-recon-{}-{n}", c.run, side.as_str_name()),
+                    partner_id: partner.clone(),
+                    business_date: today.clone(),
+                    side: side as i32,
+                    records: chunk.iter().map(Rec::to_pb).collect(),
+                },
+                CALL,
+                None,
+            ))
+            .await?;
+        }
+    }
+    let run = rc
+        .run_reconciliation(request(
+            recon::RunReconciliationRequest {
+                request_id: format!("demo-{}-recon-run", c.run),
+                partner_id: partner.clone(),
+                business_date: today.clone(),
+            },
+            CALL,
+            None,
+        ))
+        .await?
+        .into_inner()
+        .run
+        .unwrap_or_default();
+    let matched = run
+        .classes
+        .iter()
+        .find(|k| k.break_class == recon::BreakClass::Matched as i32)
+        .map(|k| k.count)
+        .unwrap_or(0);
+    let expected: i64 = bank_recs
+        .iter()
+        .map(|r| if r.kind == recon::RecordKind::Disbursement { r.partner } else { -r.partner })
+        .sum();
+    let owed = run.settlement.as_ref().map(|x| minor(&x.partner_owes_bank)).unwrap_or(0);
+    s.reconciliation = ReconSummary {
+        run_id: run.run_id.clone(),
+        business_date: today,
+        bank_records: run.bank_records,
+        partner_records: run.partner_records,
+        matched,
+        breaks: run.open_breaks,
+        partner_owes_bank_minor: owed,
+        partner_owes_bank: format_minor(owed),
+        settlement_verified: owed == expected,
+    };
+    if run.open_breaks != 0 {
+        s.invariant_violations.push(format!("{} unexplained reconciliation breaks", run.open_breaks));
+    }
+    if owed != expected {
+        s.invariant_violations.push(format!("settlement {owed} differs from the records' {expected}"));
+    }
+    let tb = c
+        .funding
+        .clone()
+        .get_trial_balance(request(fund::GetTrialBalanceRequest {}, CALL, None))
+        .await?
+        .into_inner();
+    s.ledger_balanced = minor(&tb.total_debits) == minor(&tb.total_credits);
+    if !s.ledger_balanced {
+        s.invariant_violations.push("ledger debits differ from credits".into());
+    }
+    s.elapsed_ms = started.elapsed().as_millis();
+    Ok(s)
+}
+
+fn print_text(s: &Summary) {
+    println!("colend demo: {} applications as partner {} (seed {})", s.applications, s.partner_id, s.seed);
+    println!("outcomes:");
+    for (k, v) in &s.outcomes {
+        println!("  {k:<28} {v}");
+    }
+    println!("  duplicate submissions refused {}", s.duplicates_rejected);
+    if !s.decline_reasons.is_empty() {
+        println!("decline and rejection reasons:");
+        for (k, v) in &s.decline_reasons {
+            println!("  {k:<28} {v}");
+        }
+    }
+    let f = &s.funded;
+    println!(
+        "funded: {} loans, CNY {} = bank {} + partner {} (lowest partner share {} bps); first instalments repaid CNY {}",
+        f.loans,
+        f.principal,
+        f.bank,
+        f.partner,
+        f.min_partner_share_bps.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+        format_minor(f.first_repayments_minor)
+    );
+    let r = &s.reconciliation;
+    println!(
+        "reconciliation {} ({}): {} bank / {} partner records, {} matched, {} breaks; partner owes bank CNY {} ({})",
+        r.run_id,
+        r.business_date,
+        r.bank_records,
+        r.partner_records,
+        r.matched,
+        r.breaks,
+        r.partner_owes_bank,
+        if r.settlement_verified { "verified" } else { "NOT verified" }
+    );
+    println!("ledger balanced: {}; errors: {}; invariant violations: {}; {} ms", s.ledger_balanced, s.errors, s.invariant_violations.len(), s.elapsed_ms);
+    for e in &s.error_samples {
+        println!("  error: {e}");
+    }
+    for v in &s.invariant_violations {
+        println!("  violation: {v}");
+    }
+}

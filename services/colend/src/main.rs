@@ -1,0 +1,80 @@
+//! `colend up | serve | demo`.
+use clap::{Parser, Subcommand};
+use colend_platform::config::Backends;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "colend", version, about = "Bank–fintech joint lending: the colend gRPC mesh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs all five services in one process on one address. Embedded
+    /// (SQLite files and an in-process cache) unless DATABASE_URL and
+    /// REDIS_URL are set.
+    Up {
+        /// Address where all five services, health and reflection answer.
+        #[arg(long, env = "COLEND_LISTEN", default_value = "127.0.0.1:50051")]
+        listen: String,
+        /// Directory of the SQLite files in embedded mode.
+        #[arg(long, env = "COLEND_DATA_DIR", default_value = "./colend-data")]
+        data_dir: PathBuf,
+    },
+    /// Runs one service (what a Kubernetes pod runs). The other services'
+    /// addresses come from COLEND_<SERVICE>_URL.
+    Serve {
+        /// acquisition, kyc, credit, funding or reconciliation.
+        service: String,
+        #[arg(long, env = "COLEND_LISTEN", default_value = "0.0.0.0:50051")]
+        listen: String,
+        #[arg(long, env = "COLEND_DATA_DIR", default_value = "./colend-data")]
+        data_dir: PathBuf,
+    },
+    /// Acts as a partner and as the bank core against a running mesh: takes
+    /// generated borrowers through the whole journey and prints a summary.
+    Demo(colend::demo::DemoArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up { listen, data_dir } => {
+            let _t = colend_platform::telemetry::init("colend");
+            let mut backends = Backends::from_env();
+            backends.data_dir = data_dir;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+            let storage = match &backends.database_url {
+                Some(_) => "PostgreSQL (DATABASE_URL)".to_string(),
+                None => format!("SQLite files in {}", backends.data_dir.display()),
+            };
+            let cache = if backends.redis_url.is_some() { "Redis (REDIS_URL)" } else { "in-process cache" };
+            tracing::info!(address = %listener.local_addr()?, storage, cache, "colend mesh starting");
+            let addr = listener.local_addr()?;
+            let services = colend::build_mesh(&listener, backends).await?;
+            eprintln!("colend is up on {addr}: acquisition, kyc, credit, funding, reconciliation, health, reflection; {storage}; {cache}");
+            colend_platform::runner::serve_registered(
+                listener,
+                services,
+                colend_platform::grpc::shutdown_signal(),
+                colend_platform::runner::grace()?,
+            )
+            .await
+        }
+        Command::Serve { service, listen, data_dir } => {
+            let mut backends = Backends::from_env();
+            backends.data_dir = data_dir;
+            let name = service.clone();
+            colend_platform::runner::run_single_with(&name, &listen, backends, move |mesh| async move {
+                colend::register(&service, mesh).await
+            })
+            .await
+        }
+        Command::Demo(args) => colend::demo::run(args).await,
+    }
+}
