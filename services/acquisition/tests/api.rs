@@ -1,0 +1,198 @@
+//! Acquisition API tests against real servers on port 0, on both backends.
+//! Acquisition drives the journey through KYC, credit and funding, so those
+//! run beside it on the same listener.
+use colend_contracts::acquisition::v1::{self as pb, acquisition_service_client::AcquisitionServiceClient};
+use colend_contracts::common::v1::{Money, RepaymentMethod};
+use colend_contracts::funding::v1::{self as fpb, funding_service_client::FundingServiceClient};
+use colend_core::{CreditCode, ResidentId};
+use colend_testkit::{BOTH, Backend, TestServer, as_bank, as_partner, reason, violated_fields};
+use tonic::Code;
+
+fn cny(m: i64) -> Option<Money> {
+    Some(Money { minor_units: m, currency_code: "CNY".into() })
+}
+
+fn submission(rid: &str, id_body: &str, cc_body: &str, purpose: pb::LoanPurpose) -> pb::SubmitApplicationRequest {
+    pb::SubmitApplicationRequest {
+        request_id: rid.into(),
+        business: Some(pb::Business {
+            name: "杭州嘉禾电子有限公司".into(),
+            credit_code: format!("{cc_body}{}", CreditCode::check_char(cc_body).unwrap()),
+            years_in_business: 6,
+        }),
+        legal_representative: Some(pb::LegalRepresentative {
+            name: "陈静".into(),
+            resident_id: format!("{id_body}{}", ResidentId::check_char(id_body).unwrap()),
+            mobile: "13912345678".into(),
+        }),
+        requested_amount: cny(20_000_000),
+        term_months: 12,
+        purpose: purpose as i32,
+        repayment_method: RepaymentMethod::EqualPrincipal as i32,
+        partner_score: 720,
+        scenario: Some(pb::ScenarioData {
+            annual_tax_revenue: cny(300_000_000),
+            invoice_turnover_12m: cny(350_000_000),
+            turnover_trend_bps: 800,
+            open_loans_elsewhere: 1,
+        }),
+        consent: Some(pb::Consent {
+            scopes: vec!["credit_report".into()],
+            granted_at: Some(prost_types::Timestamp { seconds: 1_790_000_000, nanos: 0 }),
+            channel: "app".into(),
+            text_version: "v1".into(),
+        }),
+    }
+}
+
+async fn watch_until_settled(c: &mut AcquisitionServiceClient<tonic::transport::Channel>, partner: &str, id: &str) -> pb::Application {
+    let mut s = c.watch_application(as_partner(partner, pb::WatchApplicationRequest { application_id: id.into() })).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(m) = s.message().await.unwrap() {
+        let a = m.application.unwrap();
+        let st = pb::ApplicationStatus::try_from(a.status).unwrap();
+        last = Some(a);
+        if matches!(st, pb::ApplicationStatus::FundsReserved | pb::ApplicationStatus::Declined | pb::ApplicationStatus::KycRejected | pb::ApplicationStatus::FundingRejected | pb::ApplicationStatus::Failed) {
+            break;
+        }
+    }
+    last.unwrap()
+}
+
+async fn scenario(backend: Backend) {
+    let s = TestServer::start(backend, |mesh| async move {
+        Ok(vec![
+            colend_acquisition::register(mesh.clone()).await?,
+            colend_kyc::register(mesh.clone()).await?,
+            colend_credit::register(mesh.clone()).await?,
+            colend_funding::register(mesh).await?,
+        ])
+    })
+    .await;
+    colend_testkit::assert_serving(s.channel.clone(), colend_acquisition::SERVICE).await;
+    let mut f = FundingServiceClient::new(s.channel.clone());
+    f.upsert_agreement(as_bank(fpb::UpsertAgreementRequest {
+        request_id: "ag".into(),
+        agreement: Some(fpb::Agreement {
+            partner_id: "p1".into(),
+            partner_share_bps: 3_500,
+            bank_rate_bps: 800,
+            partner_rate_bps: 1_000,
+            daily_quota: cny(1_000_000_000),
+            total_quota: cny(1_000_000_000),
+            effective_from: "2026-01-01".into(),
+            ..Default::default()
+        }),
+    }))
+    .await
+    .unwrap();
+    let mut c = AcquisitionServiceClient::new(s.channel.clone());
+
+    // Invalid identifiers are refused field by field.
+    let mut bad = submission("s0", "33010619850312456", "91330106MA2GL0001", pb::LoanPurpose::WorkingCapital);
+    bad.legal_representative.as_mut().unwrap().resident_id = "330106198503124560".into();
+    bad.business.as_mut().unwrap().credit_code = "91330106MA2GL0001I".into();
+    bad.consent = None;
+    let e = c.submit_application(as_partner("p1", bad)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let fields = violated_fields(&e);
+    for f in ["legal_representative.resident_id", "business.credit_code", "consent"] {
+        assert!(fields.contains(&f.to_string()), "{f} not in {fields:?}");
+    }
+
+    // A good application goes through KYC, credit and funding.
+    let sub = submission("s1", "33010619850312456", "91330106MA2GL0001", pb::LoanPurpose::WorkingCapital);
+    let app = c.submit_application(as_partner("p1", sub.clone())).await.unwrap().into_inner().application.unwrap();
+    assert_eq!(app.status, pb::ApplicationStatus::Submitted as i32);
+    assert!(app.masked_resident_id.contains("****"));
+    // Replay: the same application; a duplicate borrower: refused.
+    let replay = c.submit_application(as_partner("p1", sub.clone())).await.unwrap().into_inner().application.unwrap();
+    assert_eq!(replay.application_id, app.application_id);
+    let mut dup = sub.clone();
+    dup.request_id = "s1-other".into();
+    let e = c.submit_application(as_partner("p1", dup.clone())).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    assert_eq!(reason(&e), "DUPLICATE_APPLICATION");
+    let mut changed = sub.clone();
+    changed.term_months = 24;
+    let e = c.submit_application(as_partner("p1", changed)).await.unwrap_err();
+    assert_eq!(reason(&e), "IDEMPOTENCY_KEY_REUSED");
+
+    let done = watch_until_settled(&mut c, "p1", &app.application_id).await;
+    assert_eq!(done.status, pb::ApplicationStatus::FundsReserved as i32, "{done:?}");
+    let funding = done.funding.clone().unwrap();
+    let (bank, partner) = (funding.bank_amount.unwrap().minor_units, funding.partner_amount.unwrap().minor_units);
+    assert_eq!(bank + partner, done.decision.as_ref().unwrap().approved_amount.as_ref().unwrap().minor_units);
+    assert!(partner * 10_000 >= (bank + partner) * 3_500);
+    let statuses: Vec<i32> = done.history.iter().map(|h| h.status).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            pb::ApplicationStatus::Submitted as i32,
+            pb::ApplicationStatus::KycPassed as i32,
+            pb::ApplicationStatus::Approved as i32,
+            pb::ApplicationStatus::FundsReserved as i32
+        ]
+    );
+
+    // Disbursement reaches the application's history.
+    f.book_disbursement(as_bank(fpb::BookDisbursementRequest {
+        request_id: "disb".into(),
+        loan_id: funding.loan_id.clone(),
+        value_date: "2026-11-23".into(),
+        bank_transaction_ref: "BNK-9".into(),
+    }))
+    .await
+    .unwrap();
+    let mut status = 0;
+    for _ in 0..100 {
+        status = c.get_application(as_partner("p1", pb::GetApplicationRequest { application_id: app.application_id.clone() })).await.unwrap().into_inner().application.unwrap().status;
+        if status == pb::ApplicationStatus::Disbursed as i32 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, pb::ApplicationStatus::Disbursed as i32);
+    // The refused request id keeps its answer; once disbursed the borrower is
+    // no longer in flight, so a new request id is accepted.
+    let e = c.submit_application(as_partner("p1", dup.clone())).await.unwrap_err();
+    assert_eq!(reason(&e), "DUPLICATE_APPLICATION");
+    dup.request_id = "s1-later".into();
+    c.submit_application(as_partner("p1", dup)).await.unwrap();
+
+    // A prohibited purpose is declined with a reason code.
+    let declined = c
+        .submit_application(as_partner("p1", submission("s2", "44030519900101123", "91440305MA5F00012", pb::LoanPurpose::Securities)))
+        .await
+        .unwrap()
+        .into_inner()
+        .application
+        .unwrap();
+    let d = watch_until_settled(&mut c, "p1", &declined.application_id).await;
+    assert_eq!(d.status, pb::ApplicationStatus::Declined as i32);
+    assert_eq!(d.reason_codes, vec!["PROHIBITED_PURPOSE"]);
+
+    // Other partners see nothing; lists page.
+    let e = c.get_application(as_partner("p2", pb::GetApplicationRequest { application_id: app.application_id.clone() })).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e2 = c.get_application(as_partner("p2", pb::GetApplicationRequest { application_id: "app_nope".into() })).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (e2.code(), e2.message()));
+    let l1 = c.list_applications(as_partner("p1", pb::ListApplicationsRequest { page_size: 2, ..Default::default() })).await.unwrap().into_inner();
+    assert_eq!(l1.applications.len(), 2);
+    let l2 = c.list_applications(as_partner("p1", pb::ListApplicationsRequest { page_size: 2, page_token: l1.next_page_token, ..Default::default() })).await.unwrap().into_inner();
+    assert_eq!(l2.applications.len(), 1);
+    assert!(l2.next_page_token.is_empty());
+    let none = c.list_applications(as_partner("p2", pb::ListApplicationsRequest::default())).await.unwrap().into_inner();
+    assert!(none.applications.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn acquisition_api_embedded() {
+    scenario(BOTH[0]).await;
+}
+
+#[tokio::test]
+async fn acquisition_api_postgres_redis() {
+    scenario(BOTH[1]).await;
+}

@@ -1,0 +1,101 @@
+//! Whole journeys across all five services over real sockets: the demo's
+//! partner and bank core against `colend up`'s mesh, on the embedded backend
+//! and on PostgreSQL + Redis.
+use colend::demo::{DemoArgs, execute};
+use colend_testkit::{Backend, TestServer};
+use sqlx::Connection;
+
+async fn mesh(backend: Backend) -> TestServer {
+    TestServer::start(backend, |mesh| async move {
+        let mut v = Vec::new();
+        for name in colend::SERVICES {
+            v.push(colend::register(name, mesh.clone()).await?);
+        }
+        Ok(v)
+    })
+    .await
+}
+
+async fn journey(backend: Backend) -> TestServer {
+    let s = mesh(backend).await;
+    for svc in [
+        "colend.acquisition.v1.AcquisitionService",
+        "colend.kyc.v1.KycService",
+        "colend.credit.v1.CreditService",
+        "colend.funding.v1.FundingService",
+        "colend.reconciliation.v1.ReconciliationService",
+    ] {
+        colend_testkit::assert_serving(s.channel.clone(), svc).await;
+        let listed = colend_testkit::reflected_services(s.channel.clone()).await;
+        assert!(listed.contains(&svc.to_string()), "{svc} not in {listed:?}");
+    }
+    let args = DemoArgs {
+        endpoint: s.endpoint.clone(),
+        applications: 60,
+        json: true,
+        partner: None,
+        concurrency: 8,
+        seed: Some(2026),
+        partner_share_bps: 3_000,
+    };
+    let sum = execute(&args).await.expect("demo runs");
+    eprintln!("{sum:#?}");
+    assert_eq!(sum.errors, 0, "errors: {:?}", sum.error_samples);
+    assert!(sum.invariant_violations.is_empty(), "{:?}", sum.invariant_violations);
+    // The generator plants a fixed mix (see borrowers.rs): 60 applications hold
+    // 3 invalid identifiers, 3 prohibited purposes, 2 too old, 2 over-borrowed, 2 watchlisted,
+    // and one good borrower submitted twice while in flight.
+    assert_eq!(sum.outcomes.get("INVALID_REJECTED"), Some(&3));
+    assert_eq!(sum.outcomes.get("KYC_REJECTED"), Some(&2));
+    assert_eq!(sum.decline_reasons.get("WATCHLIST_HIT"), Some(&2));
+    assert_eq!(sum.decline_reasons.get("PROHIBITED_PURPOSE"), Some(&3));
+    assert_eq!(sum.decline_reasons.get("AGE_OUT_OF_RANGE"), Some(&2));
+    assert_eq!(sum.decline_reasons.get("TOO_MANY_OPEN_LOANS"), Some(&2));
+    assert_eq!(sum.duplicates_rejected, 1);
+    let funded = sum.funded.loans;
+    assert_eq!(funded + 3 + 2 + sum.outcomes.get("DECLINED").copied().unwrap_or(0), 60);
+    assert_eq!(sum.outcomes.get("FUNDED (REPAYING)").copied(), Some(funded));
+    assert_eq!(sum.funded.bank_minor + sum.funded.partner_minor, sum.funded.principal_minor);
+    assert!(sum.funded.min_partner_share_bps.unwrap() >= 3_000);
+    assert_eq!(sum.reconciliation.bank_records, 2 * funded as i64);
+    assert_eq!(sum.reconciliation.matched, 2 * funded as i64);
+    assert_eq!(sum.reconciliation.breaks, 0);
+    assert!(sum.reconciliation.settlement_verified);
+    assert!(sum.ledger_balanced);
+    s
+}
+
+#[tokio::test]
+async fn journey_embedded() {
+    let s = journey(Backend::Embedded).await;
+    // Each service owns its own SQLite file.
+    for svc in colend::SERVICES {
+        assert!(s.backends.data_dir.join(format!("{svc}.db")).exists(), "{svc}.db missing");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn journey_postgres_redis() {
+    let s = journey(Backend::Production).await;
+    // Rows sit in each service's own schema, and the cache holds keys in Redis.
+    let url = s.backends.database_url.clone().unwrap();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    for (schema, table) in [
+        ("acquisition", "applications"),
+        ("kyc", "kyc_checks"),
+        ("credit", "decisions"),
+        ("funding", "loans"),
+        ("reconciliation", "recon_records"),
+    ] {
+        let (n,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {schema}.{table}")).fetch_one(&mut conn).await.unwrap();
+        assert!(n > 0, "{schema}.{table} is empty");
+    }
+    let client = redis::Client::open(colend_testkit::redis_url()).unwrap();
+    let mut r = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("colend:kyc:v1:*").query_async(&mut r).await.unwrap();
+    assert!(!keys.is_empty());
+    let policy: Option<Vec<u8>> = redis::cmd("GET").arg("colend:credit:policy:current").query_async(&mut r).await.unwrap();
+    assert!(policy.is_some());
+    s.stop().await;
+}
