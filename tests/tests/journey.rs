@@ -41,7 +41,11 @@ async fn journey(backend: Backend) -> TestServer {
     let sum = execute(&args).await.expect("demo runs");
     eprintln!("{sum:#?}");
     assert_eq!(sum.errors, 0, "errors: {:?}", sum.error_samples);
-    assert!(sum.invariant_violations.is_empty(), "{:?}", sum.invariant_violations);
+    assert!(
+        sum.invariant_violations.is_empty(),
+        "{:?}",
+        sum.invariant_violations
+    );
     // The generator plants a fixed mix (see borrowers.rs): 60 applications hold
     // 3 invalid identifiers, 3 prohibited purposes, 2 too old, 2 over-borrowed, 2 watchlisted,
     // and one good borrower submitted twice while in flight.
@@ -53,9 +57,15 @@ async fn journey(backend: Backend) -> TestServer {
     assert_eq!(sum.decline_reasons.get("TOO_MANY_OPEN_LOANS"), Some(&2));
     assert_eq!(sum.duplicates_rejected, 1);
     let funded = sum.funded.loans;
-    assert_eq!(funded + 3 + 2 + sum.outcomes.get("DECLINED").copied().unwrap_or(0), 60);
+    assert_eq!(
+        funded + 3 + 2 + sum.outcomes.get("DECLINED").copied().unwrap_or(0),
+        60
+    );
     assert_eq!(sum.outcomes.get("FUNDED (REPAYING)").copied(), Some(funded));
-    assert_eq!(sum.funded.bank_minor + sum.funded.partner_minor, sum.funded.principal_minor);
+    assert_eq!(
+        sum.funded.bank_minor + sum.funded.partner_minor,
+        sum.funded.principal_minor
+    );
     assert!(sum.funded.min_partner_share_bps.unwrap() >= 3_000);
     assert_eq!(sum.reconciliation.bank_records, 2 * funded as i64);
     assert_eq!(sum.reconciliation.matched, 2 * funded as i64);
@@ -70,7 +80,10 @@ async fn journey_embedded() {
     let s = journey(Backend::Embedded).await;
     // Each service owns its own SQLite file.
     for svc in colend::SERVICES {
-        assert!(s.backends.data_dir.join(format!("{svc}.db")).exists(), "{svc}.db missing");
+        assert!(
+            s.backends.data_dir.join(format!("{svc}.db")).exists(),
+            "{svc}.db missing"
+        );
     }
     s.stop().await;
 }
@@ -88,14 +101,25 @@ async fn journey_postgres_redis() {
         ("funding", "loans"),
         ("reconciliation", "recon_records"),
     ] {
-        let (n,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {schema}.{table}")).fetch_one(&mut conn).await.unwrap();
+        let (n,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {schema}.{table}"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
         assert!(n > 0, "{schema}.{table} is empty");
     }
     let client = redis::Client::open(colend_testkit::redis_url()).unwrap();
     let mut r = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("colend:kyc:v1:*").query_async(&mut r).await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}kyc:v1:*", s.backends.cache_prefix))
+        .query_async(&mut r)
+        .await
+        .unwrap();
     assert!(!keys.is_empty());
-    let policy: Option<Vec<u8>> = redis::cmd("GET").arg("colend:credit:policy:current").query_async(&mut r).await.unwrap();
+    let policy: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(format!("{}credit:policy:current", s.backends.cache_prefix))
+        .query_async(&mut r)
+        .await
+        .unwrap();
     assert!(policy.is_some());
     s.stop().await;
 }

@@ -29,8 +29,8 @@ const ID_CHECK: [u8; 11] = *b"10X98765432";
 
 /// Province-level division codes (first two digits of a division code).
 const PROVINCES: [u32; 34] = [
-    11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50, 51,
-    52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82,
+    11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50, 51, 52,
+    53, 54, 61, 62, 63, 64, 65, 71, 81, 82,
 ];
 
 /// True when the 6-digit division code starts with a known province code.
@@ -131,7 +131,9 @@ impl fmt::Display for ResidentId {
 }
 
 const CC_CHARS: &[u8; 31] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
-const CC_WEIGHTS: [u32; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
+const CC_WEIGHTS: [u32; 17] = [
+    1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
+];
 
 fn cc_value(c: u8) -> Option<u32> {
     CC_CHARS.iter().position(|x| *x == c).map(|p| p as u32)
@@ -233,17 +235,32 @@ mod tests {
         let id = ResidentId::parse("11010519491231002X").unwrap();
         assert_eq!(id.region_code(), "110105");
         assert_eq!(id.birth_date(), NaiveDate::from_ymd_opt(1949, 12, 31));
-        assert_eq!(id.age_on(NaiveDate::from_ymd_opt(2026, 12, 30).unwrap()), Some(76));
-        assert_eq!(id.age_on(NaiveDate::from_ymd_opt(2026, 12, 31).unwrap()), Some(77));
+        assert_eq!(
+            id.age_on(NaiveDate::from_ymd_opt(2026, 12, 30).unwrap()),
+            Some(76)
+        );
+        assert_eq!(
+            id.age_on(NaiveDate::from_ymd_opt(2026, 12, 31).unwrap()),
+            Some(77)
+        );
         assert_eq!(format!("{id:?}"), "ResidentId(1101**********002X)");
         assert_eq!(id.to_string(), "1101**********002X");
     }
 
     #[test]
     fn resident_id_rejects() {
-        assert_eq!(ResidentId::parse("110105194912310021"), Err(IdentifierError::Checksum));
-        assert_eq!(ResidentId::parse("1101051949123100"), Err(IdentifierError::Length));
-        assert_eq!(ResidentId::parse("11010519491231002A"), Err(IdentifierError::Charset));
+        assert_eq!(
+            ResidentId::parse("110105194912310021"),
+            Err(IdentifierError::Checksum)
+        );
+        assert_eq!(
+            ResidentId::parse("1101051949123100"),
+            Err(IdentifierError::Length)
+        );
+        assert_eq!(
+            ResidentId::parse("11010519491231002A"),
+            Err(IdentifierError::Charset)
+        );
         // 1949-13-31 with a matching check character
         let body = "11010519491331002";
         let id = format!("{body}{}", ResidentId::check_char(body).unwrap());
@@ -256,14 +273,20 @@ mod tests {
         let code = format!("{body}{}", CreditCode::check_char(body).unwrap());
         let cc = CreditCode::parse(&code).unwrap();
         assert_eq!(cc.region_code(), "350100");
-        assert_eq!(CreditCode::parse("91350100M000100Y4I"), Err(IdentifierError::Charset));
+        assert_eq!(
+            CreditCode::parse("91350100M000100Y4I"),
+            Err(IdentifierError::Charset)
+        );
     }
 
     #[test]
     fn credit_code_published_sample() {
         // A published example code with a valid check character.
         assert!(CreditCode::parse("91110000600037341L").is_ok());
-        assert_eq!(CreditCode::parse("91110000600037341M"), Err(IdentifierError::Checksum));
+        assert_eq!(
+            CreditCode::parse("91110000600037341M"),
+            Err(IdentifierError::Checksum)
+        );
     }
 
     #[test]

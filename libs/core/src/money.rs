@@ -85,7 +85,10 @@ pub fn split_partner_share(total: i64, partner_bps: i64) -> (i64, i64) {
 /// With all weights zero, everything goes to the first part.
 pub fn allocate(total: i64, weights: &[i64]) -> Vec<i64> {
     assert!(!weights.is_empty(), "need at least one weight");
-    assert!(weights.iter().all(|w| *w >= 0), "weights must be non-negative");
+    assert!(
+        weights.iter().all(|w| *w >= 0),
+        "weights must be non-negative"
+    );
     let sum: i128 = weights.iter().map(|w| *w as i128).sum();
     if sum == 0 {
         let mut v = vec![0; weights.len()];

@@ -4,59 +4,74 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Prefix of every key colend writes.
+/// Default prefix of every key colend writes (`COLEND_CACHE_PREFIX`).
 pub const KEY_PREFIX: &str = "colend:";
 
+/// A cache; every key is namespaced by a prefix, so deployments (and test
+/// runs) can share one Redis.
 #[derive(Clone)]
-pub enum Cache {
+pub struct Cache {
+    store: Store,
+    prefix: Arc<str>,
+}
+
+#[derive(Clone)]
+enum Store {
     Memory(Arc<MemoryCache>),
     Redis(RedisCache),
 }
 
 impl Cache {
     /// Redis when `REDIS_URL` is set, otherwise in process.
-    pub fn from_url(redis_url: Option<&str>) -> anyhow::Result<Cache> {
-        match redis_url {
-            None => Ok(Cache::memory()),
-            Some(url) => Ok(Cache::Redis(RedisCache::new(url)?)),
-        }
+    pub fn from_url(redis_url: Option<&str>, prefix: &str) -> anyhow::Result<Cache> {
+        let store = match redis_url {
+            None => Store::Memory(Arc::new(MemoryCache::new(100_000))),
+            Some(url) => Store::Redis(RedisCache::new(url)?),
+        };
+        Ok(Cache {
+            store,
+            prefix: prefix.into(),
+        })
     }
 
     pub fn memory() -> Cache {
-        Cache::Memory(Arc::new(MemoryCache::new(100_000)))
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Cache::Memory(_) => "memory",
-            Cache::Redis(_) => "redis",
+        Cache {
+            store: Store::Memory(Arc::new(MemoryCache::new(100_000))),
+            prefix: KEY_PREFIX.into(),
         }
     }
 
-    /// Reads `key` (without the `colend:` prefix); `None` on a miss or an error.
+    pub fn kind(&self) -> &'static str {
+        match self.store {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    /// Reads `key` (without the prefix); `None` on a miss or an error.
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let key = format!("{KEY_PREFIX}{key}");
-        match self {
-            Cache::Memory(m) => m.get(&key),
-            Cache::Redis(r) => r.get(&key).await,
+        let key = format!("{}{key}", self.prefix);
+        match &self.store {
+            Store::Memory(m) => m.get(&key),
+            Store::Redis(r) => r.get(&key).await,
         }
     }
 
     /// Writes `key` with a time to live; errors are logged and ignored.
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) {
-        let key = format!("{KEY_PREFIX}{key}");
-        match self {
-            Cache::Memory(m) => m.set(key, value.to_vec(), ttl),
-            Cache::Redis(r) => r.set(&key, value, ttl).await,
+        let key = format!("{}{key}", self.prefix);
+        match &self.store {
+            Store::Memory(m) => m.set(key, value.to_vec(), ttl),
+            Store::Redis(r) => r.set(&key, value, ttl).await,
         }
     }
 
     /// Removes `key`; errors are logged and ignored.
     pub async fn delete(&self, key: &str) {
-        let key = format!("{KEY_PREFIX}{key}");
-        match self {
-            Cache::Memory(m) => m.delete(&key),
-            Cache::Redis(r) => r.delete(&key).await,
+        let key = format!("{}{key}", self.prefix);
+        match &self.store {
+            Store::Memory(m) => m.delete(&key),
+            Store::Redis(r) => r.delete(&key).await,
         }
     }
 }
@@ -121,12 +136,10 @@ pub struct RedisCache {
 
 impl RedisCache {
     pub fn new(url: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("REDIS_URL is invalid: {e}"))?;
-        let op_timeout = Duration::from_millis(crate::config::env_parse(
-            "COLEND_CACHE_TIMEOUT_MS",
-            250u64,
-        )?);
+        let client =
+            redis::Client::open(url).map_err(|e| anyhow::anyhow!("REDIS_URL is invalid: {e}"))?;
+        let op_timeout =
+            Duration::from_millis(crate::config::env_parse("COLEND_CACHE_TIMEOUT_MS", 250u64)?);
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(op_timeout))
             .set_response_timeout(Some(op_timeout))
@@ -160,7 +173,14 @@ impl RedisCache {
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) {
         let ms = ttl.as_millis().max(1) as u64;
         let _: Option<()> = self
-            .run(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ms).clone())
+            .run(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ms)
+                    .clone(),
+            )
             .await;
     }
 
@@ -175,7 +195,10 @@ mod tests {
 
     #[tokio::test]
     async fn memory_cache_expires_and_bounds() {
-        let c = Cache::Memory(Arc::new(MemoryCache::new(2)));
+        let c = Cache {
+            store: Store::Memory(Arc::new(MemoryCache::new(2))),
+            prefix: "t:".into(),
+        };
         c.set("a", b"1", Duration::from_secs(60)).await;
         assert_eq!(c.get("a").await.as_deref(), Some(&b"1"[..]));
         c.set("b", b"2", Duration::from_millis(1)).await;
@@ -183,7 +206,7 @@ mod tests {
         assert_eq!(c.get("b").await, None);
         c.set("c", b"3", Duration::from_secs(60)).await;
         c.set("d", b"4", Duration::from_secs(60)).await;
-        if let Cache::Memory(m) = &c {
+        if let Store::Memory(m) = &c.store {
             assert!(m.lock().len() <= 2);
         }
         c.delete("d").await;
@@ -193,7 +216,7 @@ mod tests {
     #[tokio::test]
     async fn unreachable_redis_is_a_miss() {
         // Port 1 on loopback: nothing listens there.
-        let c = Cache::from_url(Some("redis://127.0.0.1:1/")).unwrap();
+        let c = Cache::from_url(Some("redis://127.0.0.1:1/"), KEY_PREFIX).unwrap();
         c.set("k", b"v", Duration::from_secs(1)).await;
         assert_eq!(c.get("k").await, None);
     }

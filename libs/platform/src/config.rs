@@ -38,6 +38,8 @@ pub struct Backends {
     pub redis_url: Option<String>,
     /// Directory of the SQLite files in embedded mode.
     pub data_dir: std::path::PathBuf,
+    /// Prefix of every cache key (`COLEND_CACHE_PREFIX`, default `colend:`).
+    pub cache_prefix: String,
 }
 
 impl Backends {
@@ -47,6 +49,7 @@ impl Backends {
             database_url: env_opt("DATABASE_URL"),
             redis_url: env_opt("REDIS_URL"),
             data_dir: env_or("COLEND_DATA_DIR", "./colend-data").into(),
+            cache_prefix: env_or("COLEND_CACHE_PREFIX", crate::cache::KEY_PREFIX),
         }
     }
 }

@@ -210,7 +210,10 @@ mod tests {
         let d = s.get_error_details();
         assert_eq!(d.error_info().unwrap().reason, "INVALID_ARGUMENT");
         assert_eq!(d.error_info().unwrap().domain, ERROR_DOMAIN);
-        assert_eq!(d.bad_request().unwrap().field_violations[0].field, "term_months");
+        assert_eq!(
+            d.bad_request().unwrap().field_violations[0].field,
+            "term_months"
+        );
     }
 
     #[test]

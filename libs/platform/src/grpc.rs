@@ -17,7 +17,9 @@ pub async fn serve(
     listener: TcpListener,
     mut routes: RoutesBuilder,
     health: HealthReporter,
-    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
     names: ServiceNames,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
@@ -70,7 +72,10 @@ pub async fn serve(
     match tokio::time::timeout(grace, &mut server).await {
         Ok(r) => r.map_err(anyhow::Error::from)?.map_err(anyhow::Error::from),
         Err(_) => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "drain bound reached; stopping");
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "drain bound reached; stopping"
+            );
             server.abort();
             Ok(())
         }

@@ -56,7 +56,7 @@ pub const DEV_BLIND_INDEX_KEY: &str = "colend-development-blind-index-key";
 
 impl Mesh {
     pub fn from_env(backends: Backends, endpoints: Endpoints) -> anyhow::Result<Mesh> {
-        let cache = Cache::from_url(backends.redis_url.as_deref())?;
+        let cache = Cache::from_url(backends.redis_url.as_deref(), &backends.cache_prefix)?;
         let key = env_or("COLEND_BLIND_INDEX_KEY", DEV_BLIND_INDEX_KEY);
         if key == DEV_BLIND_INDEX_KEY && backends.database_url.is_some() {
             tracing::warn!("COLEND_BLIND_INDEX_KEY is not set: using the development key");

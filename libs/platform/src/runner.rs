@@ -24,7 +24,10 @@ impl Registered {
 
 /// Drain bound on shutdown (`COLEND_SHUTDOWN_GRACE_MS`, default 10000).
 pub fn grace() -> anyhow::Result<Duration> {
-    Ok(Duration::from_millis(env_parse("COLEND_SHUTDOWN_GRACE_MS", 10_000u64)?))
+    Ok(Duration::from_millis(env_parse(
+        "COLEND_SHUTDOWN_GRACE_MS",
+        10_000u64,
+    )?))
 }
 
 /// Serves the registered services, health and reflection on `listener`.
@@ -40,7 +43,16 @@ pub async fn serve_registered(
     for s in services {
         (s.add)(&mut routes);
     }
-    crate::grpc::serve(listener, routes, reporter, health_service, names, shutdown, grace).await
+    crate::grpc::serve(
+        listener,
+        routes,
+        reporter,
+        health_service,
+        names,
+        shutdown,
+        grace,
+    )
+    .await
 }
 
 /// Runs one service as its own process: what a Kubernetes pod runs.
@@ -52,11 +64,22 @@ where
     F: FnOnce(Mesh) -> Fut,
     Fut: Future<Output = anyhow::Result<Registered>>,
 {
-    run_single_with(service, &env_or("COLEND_LISTEN", "0.0.0.0:50051"), Backends::from_env(), register).await
+    run_single_with(
+        service,
+        &env_or("COLEND_LISTEN", "0.0.0.0:50051"),
+        Backends::from_env(),
+        register,
+    )
+    .await
 }
 
 /// `run_single` with the address and storage given.
-pub async fn run_single_with<F, Fut>(service: &str, listen: &str, backends: Backends, register: F) -> anyhow::Result<()>
+pub async fn run_single_with<F, Fut>(
+    service: &str,
+    listen: &str,
+    backends: Backends,
+    register: F,
+) -> anyhow::Result<()>
 where
     F: FnOnce(Mesh) -> Fut,
     Fut: Future<Output = anyhow::Result<Registered>>,
@@ -66,8 +89,17 @@ where
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let port = listener.local_addr()?.port();
-    let mesh = Mesh::from_env(backends, Endpoints::from_env(&format!("http://127.0.0.1:{port}")))?;
+    let mesh = Mesh::from_env(
+        backends,
+        Endpoints::from_env(&format!("http://127.0.0.1:{port}")),
+    )?;
     let registered = register(mesh).await?;
     tracing::info!(service, address = %listener.local_addr()?, "serving");
-    serve_registered(listener, vec![registered], crate::grpc::shutdown_signal(), grace()?).await
+    serve_registered(
+        listener,
+        vec![registered],
+        crate::grpc::shutdown_signal(),
+        grace()?,
+    )
+    .await
 }

@@ -28,7 +28,8 @@ pub enum Backend {
 pub const BOTH: [Backend; 2] = [Backend::Embedded, Backend::Production];
 
 fn pg_admin_url() -> String {
-    std::env::var("COLEND_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("COLEND_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub fn redis_url() -> String {
@@ -39,9 +40,11 @@ pub fn redis_url() -> String {
 pub async fn fresh_postgres() -> String {
     sqlx::any::install_default_drivers();
     let admin = pg_admin_url();
-    let mut conn = sqlx::AnyConnection::connect(&admin).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL is required for this test and is not reachable at {admin}: {e}")
-    });
+    let mut conn = sqlx::AnyConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is required for this test and is not reachable at {admin}: {e}")
+        });
     let name = format!("colend_t_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
@@ -58,11 +61,19 @@ pub async fn fresh_postgres() -> String {
 pub async fn require_redis() -> String {
     let url = redis_url();
     let client = redis::Client::open(url.as_str()).expect("valid REDIS URL");
-    let mut conn = tokio::time::timeout(Duration::from_secs(5), client.get_multiplexed_async_connection())
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("Redis is required for this test and timed out at {url}"))
+    .unwrap_or_else(|e| {
+        panic!("Redis is required for this test and is not reachable at {url}: {e}")
+    });
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut conn)
         .await
-        .unwrap_or_else(|_| panic!("Redis is required for this test and timed out at {url}"))
-        .unwrap_or_else(|e| panic!("Redis is required for this test and is not reachable at {url}: {e}"));
-    let pong: String = redis::cmd("PING").query_async(&mut conn).await.expect("Redis PING");
+        .expect("Redis PING");
     assert_eq!(pong, "PONG");
     url
 }
@@ -90,14 +101,22 @@ impl Drop for TempDir {
     }
 }
 
-/// Backends for a new test server.
+/// Backends for a new test server. Each server gets its own cache
+/// namespace, so tests sharing one Redis never see each other's keys.
 pub async fn backends(backend: Backend, dir: &TempDir) -> Backends {
+    let cache_prefix = format!("colend-test-{}:", uuid::Uuid::new_v4().simple());
     match backend {
-        Backend::Embedded => Backends { database_url: None, redis_url: None, data_dir: dir.0.clone() },
+        Backend::Embedded => Backends {
+            database_url: None,
+            redis_url: None,
+            data_dir: dir.0.clone(),
+            cache_prefix,
+        },
         Backend::Production => Backends {
             database_url: Some(fresh_postgres().await),
             redis_url: Some(require_redis().await),
             data_dir: dir.0.clone(),
+            cache_prefix,
         },
     }
 }
@@ -130,7 +149,9 @@ impl TestServer {
         F: FnOnce(Mesh) -> Fut,
         Fut: Future<Output = anyhow::Result<Vec<Registered>>>,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding port 0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding port 0");
         let endpoint = format!("http://{}", listener.local_addr().expect("address"));
         let mesh = Mesh::from_env(b.clone(), Endpoints::all_at(&endpoint)).expect("mesh");
         let services = build(mesh).await.expect("services start");
@@ -144,16 +165,31 @@ impl TestServer {
             Duration::from_secs(5),
         ));
         let channel = colend_platform::grpc::channel(&endpoint).expect("channel");
-        TestServer { endpoint, channel, backends: b, stop: Some(tx), handle: Some(handle), _dir: dir }
+        TestServer {
+            endpoint,
+            channel,
+            backends: b,
+            stop: Some(tx),
+            handle: Some(handle),
+            _dir: dir,
+        }
     }
 
-    /// Stops the server and waits for it.
+    /// Stops the server, waits for it, and drops its test database.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             tx.send(()).ok();
         }
         if let Some(h) = self.handle.take() {
             let _ = h.await;
+        }
+        if let Some(url) = &self.backends.database_url
+            && let Some((_, name)) = url.rsplit_once('/')
+            && let Ok(mut conn) = sqlx::AnyConnection::connect(&pg_admin_url()).await
+        {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
         }
     }
 }
@@ -178,7 +214,10 @@ pub fn as_bank<T>(message: T) -> tonic::Request<T> {
 
 /// The ErrorInfo reason of a status.
 pub fn reason(s: &tonic::Status) -> String {
-    s.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
+    s.get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
 }
 
 /// The fields named in a status's BadRequest.
@@ -191,13 +230,21 @@ pub fn violated_fields(s: &tonic::Status) -> Vec<String> {
 
 /// Asserts the health status of `service` is SERVING.
 pub async fn assert_serving(channel: Channel, service: &str) {
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     let r = HealthClient::new(channel)
-        .check(HealthCheckRequest { service: service.to_string() })
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
         .await
         .expect("health check")
         .into_inner();
-    assert_eq!(r.status, ServingStatus::Serving as i32, "{service} is not SERVING");
+    assert_eq!(
+        r.status,
+        ServingStatus::Serving as i32,
+        "{service} is not SERVING"
+    );
 }
 
 /// The services server reflection lists.
@@ -215,9 +262,15 @@ pub async fn reflected_services(channel: Channel) -> Vec<String> {
         .await
         .expect("reflection")
         .into_inner();
-    let resp = stream.message().await.expect("reflection answer").expect("one answer");
+    let resp = stream
+        .message()
+        .await
+        .expect("reflection answer")
+        .expect("one answer");
     match resp.message_response {
-        Some(MessageResponse::ListServicesResponse(l)) => l.service.into_iter().map(|s| s.name).collect(),
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
         other => panic!("unexpected reflection answer {other:?}"),
     }
 }

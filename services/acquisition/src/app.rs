@@ -15,14 +15,19 @@ const APP_COLS: &str = "application_id, partner_id, status, reason_codes, busine
     decision, funding, created_at, updated_at";
 
 fn split_codes(s: &str) -> Vec<String> {
-    s.split(',').filter(|c| !c.is_empty()).map(str::to_string).collect()
+    s.split(',')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn decode_hex<M: Message + Default>(s: &str) -> Option<M> {
     if s.is_empty() {
         return None;
     }
-    hex::decode(s).ok().and_then(|b| M::decode(b.as_slice()).ok())
+    hex::decode(s)
+        .ok()
+        .and_then(|b| M::decode(b.as_slice()).ok())
 }
 
 fn status_pb(s: &str) -> i32 {
@@ -40,7 +45,10 @@ fn application_of(r: &AnyRow) -> pb::Application {
         business_name: r.get(4),
         credit_code: r.get(5),
         masked_resident_id: r.get(6),
-        requested_amount: Some(Money { minor_units: r.get(8), currency_code: currency }),
+        requested_amount: Some(Money {
+            minor_units: r.get(8),
+            currency_code: currency,
+        }),
         term_months: r.get::<i64, _>(9) as i32,
         purpose: r.get::<i64, _>(10) as i32,
         repayment_method: r.get::<i64, _>(11) as i32,
@@ -54,11 +62,17 @@ fn application_of(r: &AnyRow) -> pb::Application {
 }
 
 /// Loads an application with its history; `partner_id` scopes the read.
-pub async fn load(conn: &mut AnyConnection, application_id: &str, partner_id: Option<&str>) -> ApiResult<Option<pb::Application>> {
-    let row = sqlx::query(&format!("SELECT {APP_COLS} FROM applications WHERE application_id = $1"))
-        .bind(application_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+pub async fn load(
+    conn: &mut AnyConnection,
+    application_id: &str,
+    partner_id: Option<&str>,
+) -> ApiResult<Option<pb::Application>> {
+    let row = sqlx::query(&format!(
+        "SELECT {APP_COLS} FROM applications WHERE application_id = $1"
+    ))
+    .bind(application_id)
+    .fetch_optional(&mut *conn)
+    .await?;
     let Some(row) = row else { return Ok(None) };
     let mut app = application_of(&row);
     if partner_id.is_some_and(|p| p != app.partner_id) {
@@ -83,7 +97,14 @@ pub async fn load(conn: &mut AnyConnection, application_id: &str, partner_id: Op
 }
 
 /// Appends an event to the history.
-pub async fn insert_event(conn: &mut AnyConnection, application_id: &str, status: Status, detail: &str, reasons: &[String], at: i64) -> ApiResult<()> {
+pub async fn insert_event(
+    conn: &mut AnyConnection,
+    application_id: &str,
+    status: Status,
+    detail: &str,
+    reasons: &[String],
+    at: i64,
+) -> ApiResult<()> {
     sqlx::query(
         "INSERT INTO application_events (event_id, application_id, status, detail, reason_codes, occurred_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -124,7 +145,12 @@ impl Acquisition {
     }
 
     /// Records a validated application and starts its journey.
-    pub async fn submit(&self, partner_id: String, hash: String, r: pb::SubmitApplicationRequest) -> ApiResult<pb::Application> {
+    pub async fn submit(
+        &self,
+        partner_id: String,
+        hash: String,
+        r: pb::SubmitApplicationRequest,
+    ) -> ApiResult<pb::Application> {
         let legal = r.legal_representative.clone().unwrap_or_default();
         let business = r.business.clone().unwrap_or_default();
         let resident = colend_core::ResidentId::parse(&legal.resident_id)
@@ -209,8 +235,18 @@ impl Acquisition {
     }
 
     /// The partner's applications, newest first, keyset-paginated.
-    pub async fn list(&self, partner_id: &str, page_size: i64, before: &str, status: Option<Status>) -> ApiResult<(Vec<pb::Application>, String)> {
-        let before = if before.is_empty() { "~".to_string() } else { before.to_string() };
+    pub async fn list(
+        &self,
+        partner_id: &str,
+        page_size: i64,
+        before: &str,
+        status: Option<Status>,
+    ) -> ApiResult<(Vec<pb::Application>, String)> {
+        let before = if before.is_empty() {
+            "~".to_string()
+        } else {
+            before.to_string()
+        };
         let rows = sqlx::query(&format!(
             "SELECT {APP_COLS} FROM applications WHERE partner_id = $1 AND application_id < $2 \
              AND ($3 = '' OR status = $3) ORDER BY application_id DESC LIMIT $4"
@@ -224,7 +260,9 @@ impl Acquisition {
         let mut apps: Vec<pb::Application> = rows.iter().map(application_of).collect();
         let next = if apps.len() as i64 > page_size {
             apps.truncate(page_size as usize);
-            apps.last().map(|a| a.application_id.clone()).unwrap_or_default()
+            apps.last()
+                .map(|a| a.application_id.clone())
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -232,7 +270,11 @@ impl Acquisition {
     }
 
     /// Records a disbursement or repayment reported by funding.
-    pub async fn record_loan_event(&self, hash: String, r: pb::RecordLoanEventRequest) -> ApiResult<pb::Application> {
+    pub async fn record_loan_event(
+        &self,
+        hash: String,
+        r: pb::RecordLoanEventRequest,
+    ) -> ApiResult<pb::Application> {
         let event = match pb::ApplicationStatus::try_from(r.status) {
             Ok(pb::ApplicationStatus::Disbursed) => Status::Disbursed,
             Ok(pb::ApplicationStatus::Repaying) => Status::Repaying,

@@ -50,25 +50,36 @@ impl Status {
 
     /// No further step will happen.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Status::KycRejected | Status::Declined | Status::FundingRejected | Status::Failed)
+        matches!(
+            self,
+            Status::KycRejected | Status::Declined | Status::FundingRejected | Status::Failed
+        )
     }
 
     /// The journey still has automatic steps to run.
     pub fn is_in_progress(&self) -> bool {
-        matches!(self, Status::Submitted | Status::KycPassed | Status::Approved)
+        matches!(
+            self,
+            Status::Submitted | Status::KycPassed | Status::Approved
+        )
     }
 
     /// The borrower counts as "in flight" with the partner: a new
     /// application for the same borrower is a duplicate.
     pub fn holds_borrower(&self) -> bool {
-        matches!(self, Status::Submitted | Status::KycPassed | Status::Approved | Status::FundsReserved)
+        matches!(
+            self,
+            Status::Submitted | Status::KycPassed | Status::Approved | Status::FundsReserved
+        )
     }
 
     /// Loan events move the status forward only.
     pub fn after_loan_event(self, event: Status) -> Status {
         match (self, event) {
             (Status::FundsReserved, Status::Disbursed) => Status::Disbursed,
-            (Status::FundsReserved | Status::Disbursed | Status::Repaying, Status::Repaying) => Status::Repaying,
+            (Status::FundsReserved | Status::Disbursed | Status::Repaying, Status::Repaying) => {
+                Status::Repaying
+            }
             (s, _) => s,
         }
     }
@@ -87,10 +98,22 @@ mod tests {
 
     #[test]
     fn loan_events_only_move_forward() {
-        assert_eq!(Status::FundsReserved.after_loan_event(Status::Disbursed), Status::Disbursed);
-        assert_eq!(Status::Repaying.after_loan_event(Status::Disbursed), Status::Repaying);
-        assert_eq!(Status::Disbursed.after_loan_event(Status::Repaying), Status::Repaying);
-        assert_eq!(Status::Declined.after_loan_event(Status::Repaying), Status::Declined);
+        assert_eq!(
+            Status::FundsReserved.after_loan_event(Status::Disbursed),
+            Status::Disbursed
+        );
+        assert_eq!(
+            Status::Repaying.after_loan_event(Status::Disbursed),
+            Status::Repaying
+        );
+        assert_eq!(
+            Status::Disbursed.after_loan_event(Status::Repaying),
+            Status::Repaying
+        );
+        assert_eq!(
+            Status::Declined.after_loan_event(Status::Repaying),
+            Status::Declined
+        );
     }
 
     #[test]

@@ -29,10 +29,20 @@ fn check_money(v: &mut Violations, field: &str, m: &Option<Money>, required_posi
         None => {}
         Some(m) => {
             if m.minor_units < 0 || (required_positive && m.minor_units == 0) {
-                v.add(&format!("{field}.minor_units"), if required_positive { "must be positive" } else { "must not be negative" });
+                v.add(
+                    &format!("{field}.minor_units"),
+                    if required_positive {
+                        "must be positive"
+                    } else {
+                        "must not be negative"
+                    },
+                );
             }
             if colend_core::Currency::parse(&m.currency_code).is_err() {
-                v.add(&format!("{field}.currency_code"), "must be an ISO 4217 code such as CNY");
+                v.add(
+                    &format!("{field}.currency_code"),
+                    "must be an ISO 4217 code such as CNY",
+                );
             }
         }
     }
@@ -48,27 +58,52 @@ pub fn validate_submit(r: &pb::SubmitApplicationRequest) -> Result<(), ApiError>
         None => v.add("business", "is required"),
         Some(b) => {
             let n = b.name.trim().chars().count();
-            v.check((1..=128).contains(&n), "business.name", "must be 1 to 128 characters");
+            v.check(
+                (1..=128).contains(&n),
+                "business.name",
+                "must be 1 to 128 characters",
+            );
             if let Err(e) = CreditCode::parse(&b.credit_code) {
-                v.add("business.credit_code", format!("is not a valid unified social credit code: {e}"));
+                v.add(
+                    "business.credit_code",
+                    format!("is not a valid unified social credit code: {e}"),
+                );
             }
-            v.check((0..=200).contains(&b.years_in_business), "business.years_in_business", "must be 0 to 200");
+            v.check(
+                (0..=200).contains(&b.years_in_business),
+                "business.years_in_business",
+                "must be 0 to 200",
+            );
         }
     }
     match &r.legal_representative {
         None => v.add("legal_representative", "is required"),
         Some(l) => {
-            v.check(PersonName::new(&l.name).is_some(), "legal_representative.name", "must be 1 to 64 characters");
+            v.check(
+                PersonName::new(&l.name).is_some(),
+                "legal_representative.name",
+                "must be 1 to 64 characters",
+            );
             if let Err(e) = ResidentId::parse(&l.resident_id) {
-                v.add("legal_representative.resident_id", format!("is not a valid resident ID number: {e}"));
+                v.add(
+                    "legal_representative.resident_id",
+                    format!("is not a valid resident ID number: {e}"),
+                );
             }
             if let Err(e) = Mobile::parse(&l.mobile) {
-                v.add("legal_representative.mobile", format!("is not a valid mobile number: {e}"));
+                v.add(
+                    "legal_representative.mobile",
+                    format!("is not a valid mobile number: {e}"),
+                );
             }
         }
     }
     check_money(&mut v, "requested_amount", &r.requested_amount, true);
-    v.check((1..=360).contains(&r.term_months), "term_months", "must be 1 to 360");
+    v.check(
+        (1..=360).contains(&r.term_months),
+        "term_months",
+        "must be 1 to 360",
+    );
     v.check(
         pb::LoanPurpose::try_from(r.purpose).is_ok_and(|p| p != pb::LoanPurpose::Unspecified),
         "purpose",
@@ -77,36 +112,71 @@ pub fn validate_submit(r: &pb::SubmitApplicationRequest) -> Result<(), ApiError>
     v.check(
         matches!(
             RepaymentMethod::try_from(r.repayment_method),
-            Ok(RepaymentMethod::EqualInstalment | RepaymentMethod::EqualPrincipal | RepaymentMethod::InterestFirst)
+            Ok(RepaymentMethod::EqualInstalment
+                | RepaymentMethod::EqualPrincipal
+                | RepaymentMethod::InterestFirst)
         ),
         "repayment_method",
         "must be EQUAL_INSTALMENT, EQUAL_PRINCIPAL or INTEREST_FIRST",
     );
-    v.check((0..=1000).contains(&r.partner_score), "partner_score", "must be 0 to 1000");
+    v.check(
+        (0..=1000).contains(&r.partner_score),
+        "partner_score",
+        "must be 0 to 1000",
+    );
     if let Some(s) = &r.scenario {
-        check_money(&mut v, "scenario.annual_tax_revenue", &s.annual_tax_revenue, false);
-        check_money(&mut v, "scenario.invoice_turnover_12m", &s.invoice_turnover_12m, false);
-        v.check((-10_000..=100_000).contains(&s.turnover_trend_bps), "scenario.turnover_trend_bps", "must be -10000 to 100000");
-        v.check((0..=1000).contains(&s.open_loans_elsewhere), "scenario.open_loans_elsewhere", "must be 0 to 1000");
+        check_money(
+            &mut v,
+            "scenario.annual_tax_revenue",
+            &s.annual_tax_revenue,
+            false,
+        );
+        check_money(
+            &mut v,
+            "scenario.invoice_turnover_12m",
+            &s.invoice_turnover_12m,
+            false,
+        );
+        v.check(
+            (-10_000..=100_000).contains(&s.turnover_trend_bps),
+            "scenario.turnover_trend_bps",
+            "must be -10000 to 100000",
+        );
+        v.check(
+            (0..=1000).contains(&s.open_loans_elsewhere),
+            "scenario.open_loans_elsewhere",
+            "must be 0 to 1000",
+        );
     }
     match &r.consent {
         None => v.add("consent", "is required: the borrower's consent to data use"),
         Some(c) => {
             v.check(
-                !c.scopes.is_empty() && c.scopes.len() <= 20 && c.scopes.iter().all(|s| (1..=64).contains(&s.len())),
+                !c.scopes.is_empty()
+                    && c.scopes.len() <= 20
+                    && c.scopes.iter().all(|s| (1..=64).contains(&s.len())),
                 "consent.scopes",
                 "must list 1 to 20 scopes of 1 to 64 characters",
             );
             match &c.granted_at {
                 None => v.add("consent.granted_at", "is required"),
                 Some(t) => v.check(
-                    colend_platform::time::millis_of(t) <= colend_platform::time::now_millis() + 300_000,
+                    colend_platform::time::millis_of(t)
+                        <= colend_platform::time::now_millis() + 300_000,
                     "consent.granted_at",
                     "must not be in the future",
                 ),
             }
-            v.check((1..=32).contains(&c.channel.len()), "consent.channel", "must be 1 to 32 characters");
-            v.check((1..=32).contains(&c.text_version.len()), "consent.text_version", "must be 1 to 32 characters");
+            v.check(
+                (1..=32).contains(&c.channel.len()),
+                "consent.channel",
+                "must be 1 to 32 characters",
+            );
+            v.check(
+                (1..=32).contains(&c.text_version.len()),
+                "consent.text_version",
+                "must be 1 to 32 characters",
+            );
         }
     }
     v.into_result()
@@ -132,7 +202,9 @@ impl AcquisitionService for AcquisitionGrpc {
         validate_submit(&r)?;
         let hash = request_hash(&r);
         let app = self.app.submit(partner, hash, r).await?;
-        Ok(Response::new(pb::SubmitApplicationResponse { application: Some(app) }))
+        Ok(Response::new(pb::SubmitApplicationResponse {
+            application: Some(app),
+        }))
     }
 
     async fn get_application(
@@ -142,7 +214,9 @@ impl AcquisitionService for AcquisitionGrpc {
         let partner = caller::partner_id(&request)?;
         let r = request.into_inner();
         let app = self.app.get(&partner, &r.application_id).await?;
-        Ok(Response::new(pb::GetApplicationResponse { application: Some(app) }))
+        Ok(Response::new(pb::GetApplicationResponse {
+            application: Some(app),
+        }))
     }
 
     async fn list_applications(
@@ -156,10 +230,15 @@ impl AcquisitionService for AcquisitionGrpc {
         let status = match pb::ApplicationStatus::try_from(r.status) {
             Ok(pb::ApplicationStatus::Unspecified) => None,
             Ok(s) => AppStatus::parse(s.as_str_name().trim_start_matches("APPLICATION_STATUS_")),
-            Err(_) => return Err(ApiError::field("status", "is not an ApplicationStatus value").into()),
+            Err(_) => {
+                return Err(ApiError::field("status", "is not an ApplicationStatus value").into());
+            }
         };
         let (applications, next) = self.app.list(&partner, size, &before, status).await?;
-        Ok(Response::new(pb::ListApplicationsResponse { applications, next_page_token: paging::encode_token(&next) }))
+        Ok(Response::new(pb::ListApplicationsResponse {
+            applications,
+            next_page_token: paging::encode_token(&next),
+        }))
     }
 
     type WatchApplicationStream = WatchStream;
@@ -179,9 +258,15 @@ impl AcquisitionService for AcquisitionGrpc {
             .ok_or_else(|| ApiError::NotFound("application".into()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
-            let mut last = first.updated_at.clone();
+            let mut last = first.updated_at;
             let mut done = is_final_for_watch(first.status);
-            if tx.send(Ok(pb::WatchApplicationResponse { application: Some(first) })).await.is_err() {
+            if tx
+                .send(Ok(pb::WatchApplicationResponse {
+                    application: Some(first),
+                }))
+                .await
+                .is_err()
+            {
                 return;
             }
             // Changes made by another replica are found by the periodic check.
@@ -200,9 +285,15 @@ impl AcquisitionService for AcquisitionGrpc {
                 }
                 match journey.current(&id, &partner).await {
                     Ok(Some(app)) if app.updated_at != last => {
-                        last = app.updated_at.clone();
+                        last = app.updated_at;
                         done = is_final_for_watch(app.status);
-                        if tx.send(Ok(pb::WatchApplicationResponse { application: Some(app) })).await.is_err() {
+                        if tx
+                            .send(Ok(pb::WatchApplicationResponse {
+                                application: Some(app),
+                            }))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -214,7 +305,9 @@ impl AcquisitionService for AcquisitionGrpc {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn record_loan_event(
@@ -227,12 +320,26 @@ impl AcquisitionService for AcquisitionGrpc {
         if let Err(e) = validate_request_id(&r.request_id) {
             v.add("request_id", e);
         }
-        v.check(r.partner_id == partner, "partner_id", "must be the calling partner");
-        v.check(!r.application_id.is_empty(), "application_id", "is required");
-        v.check(r.detail.chars().count() <= 500, "detail", "must be at most 500 characters");
+        v.check(
+            r.partner_id == partner,
+            "partner_id",
+            "must be the calling partner",
+        );
+        v.check(
+            !r.application_id.is_empty(),
+            "application_id",
+            "is required",
+        );
+        v.check(
+            r.detail.chars().count() <= 500,
+            "detail",
+            "must be at most 500 characters",
+        );
         v.into_result()?;
         let hash = request_hash(&r);
         let app = self.app.record_loan_event(hash, r).await?;
-        Ok(Response::new(pb::RecordLoanEventResponse { application: Some(app) }))
+        Ok(Response::new(pb::RecordLoanEventResponse {
+            application: Some(app),
+        }))
     }
 }

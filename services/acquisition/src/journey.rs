@@ -109,7 +109,8 @@ impl Journey {
                 .bind(application_id)
                 .fetch_one(&self.db.pool)
                 .await?;
-            let status = Status::parse(&status).ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad status {status}")))?;
+            let status = Status::parse(&status)
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad status {status}")))?;
             if !status.is_in_progress() {
                 return Ok(());
             }
@@ -118,17 +119,29 @@ impl Journey {
             )
             .map_err(ApiError::internal)?;
             let step = match status {
-                Status::Submitted => self.with_retries(|| self.step_kyc(application_id, &partner, &req)).await,
-                Status::KycPassed => {
-                    self.with_retries(|| self.step_credit(application_id, &partner, &req, kyc_age as i32, &kyc_region))
+                Status::Submitted => {
+                    self.with_retries(|| self.step_kyc(application_id, &partner, &req))
                         .await
+                }
+                Status::KycPassed => {
+                    self.with_retries(|| {
+                        self.step_credit(
+                            application_id,
+                            &partner,
+                            &req,
+                            kyc_age as i32,
+                            &kyc_region,
+                        )
+                    })
+                    .await
                 }
                 Status::Approved => {
                     let d: pb::DecisionSummary = hex::decode(&decision)
                         .ok()
                         .and_then(|b| pb::DecisionSummary::decode(b.as_slice()).ok())
                         .unwrap_or_default();
-                    self.with_retries(|| self.step_funding(application_id, &partner, &req, &d)).await
+                    self.with_retries(|| self.step_funding(application_id, &partner, &req, &d))
+                        .await
                 }
                 _ => return Ok(()),
             };
@@ -157,10 +170,15 @@ impl Journey {
         let mut attempt = 1;
         loop {
             match f().await {
-                Err(e @ (ApiError::Dependency { .. } | ApiError::RequestInFlight | ApiError::Internal(_))) if attempt < STEP_ATTEMPTS => {
+                Err(
+                    e @ (ApiError::Dependency { .. }
+                    | ApiError::RequestInFlight
+                    | ApiError::Internal(_)),
+                ) if attempt < STEP_ATTEMPTS => {
                     tracing::warn!(attempt, error = %e, "journey step failed; retrying");
                     // Full jitter would need a random source; half-fixed spread is enough here.
-                    tokio::time::sleep(delay + Duration::from_millis((now_millis() % 50) as u64)).await;
+                    tokio::time::sleep(delay + Duration::from_millis((now_millis() % 50) as u64))
+                        .await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                     attempt += 1;
                 }
@@ -169,7 +187,12 @@ impl Journey {
         }
     }
 
-    async fn step_kyc(&self, id: &str, partner: &str, r: &pb::SubmitApplicationRequest) -> ApiResult<StepResult> {
+    async fn step_kyc(
+        &self,
+        id: &str,
+        partner: &str,
+        r: &pb::SubmitApplicationRequest,
+    ) -> ApiResult<StepResult> {
         let legal = r.legal_representative.clone().unwrap_or_default();
         let business = r.business.clone().unwrap_or_default();
         let msg = kyc::CheckBorrowerRequest {
@@ -198,7 +221,11 @@ impl Journey {
                 to: Status::KycPassed,
                 detail: format!(
                     "identity, business code and watchlists checked{}",
-                    if check.from_cache { " (cached result)" } else { "" }
+                    if check.from_cache {
+                        " (cached result)"
+                    } else {
+                        ""
+                    }
                 ),
                 reasons: Vec::new(),
                 columns,
@@ -213,10 +240,21 @@ impl Journey {
         }
     }
 
-    async fn step_credit(&self, id: &str, partner: &str, r: &pb::SubmitApplicationRequest, age: i32, region: &str) -> ApiResult<StepResult> {
+    async fn step_credit(
+        &self,
+        id: &str,
+        partner: &str,
+        r: &pb::SubmitApplicationRequest,
+        age: i32,
+        region: &str,
+    ) -> ApiResult<StepResult> {
         let scenario = r.scenario.clone().unwrap_or_default();
         let purpose = pb::LoanPurpose::try_from(r.purpose)
-            .map(|p| p.as_str_name().trim_start_matches("LOAN_PURPOSE_").to_string())
+            .map(|p| {
+                p.as_str_name()
+                    .trim_start_matches("LOAN_PURPOSE_")
+                    .to_string()
+            })
             .unwrap_or_default();
         let input = credit::DecisionInput {
             application_id: id.to_string(),
@@ -228,14 +266,21 @@ impl Journey {
             term_months: r.term_months,
             repayment_method: r.repayment_method,
             partner_score: r.partner_score,
-            years_in_business: r.business.as_ref().map(|b| b.years_in_business).unwrap_or(0),
+            years_in_business: r
+                .business
+                .as_ref()
+                .map(|b| b.years_in_business)
+                .unwrap_or(0),
             annual_tax_revenue: scenario.annual_tax_revenue,
             invoice_turnover_12m: scenario.invoice_turnover_12m,
             turnover_trend_bps: scenario.turnover_trend_bps,
             open_loans_elsewhere: scenario.open_loans_elsewhere,
             watchlist_hit: false,
         };
-        let msg = credit::DecideApplicationRequest { request_id: format!("{id}:credit"), input: Some(input) };
+        let msg = credit::DecideApplicationRequest {
+            request_id: format!("{id}:credit"),
+            input: Some(input),
+        };
         let d = self
             .credit
             .clone()
@@ -261,7 +306,12 @@ impl Journey {
                 detail: format!(
                     "approved by the bank: grade {}, {} over {} months at {} bps (all-in {} bps)",
                     d.grade,
-                    colend_core::money::format_minor(d.approved_amount.as_ref().map(|m| m.minor_units).unwrap_or(0)),
+                    colend_core::money::format_minor(
+                        d.approved_amount
+                            .as_ref()
+                            .map(|m| m.minor_units)
+                            .unwrap_or(0)
+                    ),
                     d.approved_term_months,
                     d.annual_rate_bps,
                     d.all_in_apr_bps
@@ -279,7 +329,13 @@ impl Journey {
         }
     }
 
-    async fn step_funding(&self, id: &str, partner: &str, r: &pb::SubmitApplicationRequest, d: &pb::DecisionSummary) -> ApiResult<StepResult> {
+    async fn step_funding(
+        &self,
+        id: &str,
+        partner: &str,
+        r: &pb::SubmitApplicationRequest,
+        d: &pb::DecisionSummary,
+    ) -> ApiResult<StepResult> {
         let msg = funding::ReserveFundingRequest {
             request_id: format!("{id}:funding"),
             application_id: id.to_string(),
@@ -305,7 +361,9 @@ impl Journey {
                     partner_amount: loan.partner_amount.clone(),
                     agreement_version: loan.agreement_version,
                 };
-                let m = |x: &Option<Money>| colend_core::money::format_minor(x.as_ref().map(|m| m.minor_units).unwrap_or(0));
+                let m = |x: &Option<Money>| {
+                    colend_core::money::format_minor(x.as_ref().map(|m| m.minor_units).unwrap_or(0))
+                };
                 Ok(StepResult {
                     to: Status::FundsReserved,
                     detail: format!(
@@ -318,7 +376,11 @@ impl Journey {
                     columns: vec![("funding", hex::encode(summary.encode_to_vec()))],
                 })
             }
-            Err(e @ (ApiError::QuotaExceeded(_) | ApiError::NoAgreement(_) | ApiError::InvalidState(_))) => Ok(StepResult {
+            Err(
+                e @ (ApiError::QuotaExceeded(_)
+                | ApiError::NoAgreement(_)
+                | ApiError::InvalidState(_)),
+            ) => Ok(StepResult {
                 to: Status::FundingRejected,
                 detail: e.to_string(),
                 reasons: vec![e.reason().to_string()],
@@ -338,7 +400,9 @@ impl Journey {
             let id = id_owned;
             let mut tx = db.pool.begin().await?;
             let now = now_millis();
-            let mut sql = String::from("UPDATE applications SET status = $1, reason_codes = $2, updated_at = $3");
+            let mut sql = String::from(
+                "UPDATE applications SET status = $1, reason_codes = $2, updated_at = $3",
+            );
             for (i, (col, _)) in r.columns.iter().enumerate() {
                 sql.push_str(&format!(", {col} = ${}", i + 6));
             }

@@ -1,7 +1,9 @@
 //! Acquisition API tests against real servers on port 0, on both backends.
 //! Acquisition drives the journey through KYC, credit and funding, so those
 //! run beside it on the same listener.
-use colend_contracts::acquisition::v1::{self as pb, acquisition_service_client::AcquisitionServiceClient};
+use colend_contracts::acquisition::v1::{
+    self as pb, acquisition_service_client::AcquisitionServiceClient,
+};
 use colend_contracts::common::v1::{Money, RepaymentMethod};
 use colend_contracts::funding::v1::{self as fpb, funding_service_client::FundingServiceClient};
 use colend_core::{CreditCode, ResidentId};
@@ -9,10 +11,18 @@ use colend_testkit::{BOTH, Backend, TestServer, as_bank, as_partner, reason, vio
 use tonic::Code;
 
 fn cny(m: i64) -> Option<Money> {
-    Some(Money { minor_units: m, currency_code: "CNY".into() })
+    Some(Money {
+        minor_units: m,
+        currency_code: "CNY".into(),
+    })
 }
 
-fn submission(rid: &str, id_body: &str, cc_body: &str, purpose: pb::LoanPurpose) -> pb::SubmitApplicationRequest {
+fn submission(
+    rid: &str,
+    id_body: &str,
+    cc_body: &str,
+    purpose: pb::LoanPurpose,
+) -> pb::SubmitApplicationRequest {
     pb::SubmitApplicationRequest {
         request_id: rid.into(),
         business: Some(pb::Business {
@@ -38,21 +48,44 @@ fn submission(rid: &str, id_body: &str, cc_body: &str, purpose: pb::LoanPurpose)
         }),
         consent: Some(pb::Consent {
             scopes: vec!["credit_report".into()],
-            granted_at: Some(prost_types::Timestamp { seconds: 1_790_000_000, nanos: 0 }),
+            granted_at: Some(prost_types::Timestamp {
+                seconds: 1_790_000_000,
+                nanos: 0,
+            }),
             channel: "app".into(),
             text_version: "v1".into(),
         }),
     }
 }
 
-async fn watch_until_settled(c: &mut AcquisitionServiceClient<tonic::transport::Channel>, partner: &str, id: &str) -> pb::Application {
-    let mut s = c.watch_application(as_partner(partner, pb::WatchApplicationRequest { application_id: id.into() })).await.unwrap().into_inner();
+async fn watch_until_settled(
+    c: &mut AcquisitionServiceClient<tonic::transport::Channel>,
+    partner: &str,
+    id: &str,
+) -> pb::Application {
+    let mut s = c
+        .watch_application(as_partner(
+            partner,
+            pb::WatchApplicationRequest {
+                application_id: id.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let mut last = None;
     while let Some(m) = s.message().await.unwrap() {
         let a = m.application.unwrap();
         let st = pb::ApplicationStatus::try_from(a.status).unwrap();
         last = Some(a);
-        if matches!(st, pb::ApplicationStatus::FundsReserved | pb::ApplicationStatus::Declined | pb::ApplicationStatus::KycRejected | pb::ApplicationStatus::FundingRejected | pb::ApplicationStatus::Failed) {
+        if matches!(
+            st,
+            pb::ApplicationStatus::FundsReserved
+                | pb::ApplicationStatus::Declined
+                | pb::ApplicationStatus::KycRejected
+                | pb::ApplicationStatus::FundingRejected
+                | pb::ApplicationStatus::Failed
+        ) {
             break;
         }
     }
@@ -89,40 +122,91 @@ async fn scenario(backend: Backend) {
     let mut c = AcquisitionServiceClient::new(s.channel.clone());
 
     // Invalid identifiers are refused field by field.
-    let mut bad = submission("s0", "33010619850312456", "91330106MA2GL0001", pb::LoanPurpose::WorkingCapital);
+    let mut bad = submission(
+        "s0",
+        "33010619850312456",
+        "91330106MA2GL0001",
+        pb::LoanPurpose::WorkingCapital,
+    );
     bad.legal_representative.as_mut().unwrap().resident_id = "330106198503124560".into();
     bad.business.as_mut().unwrap().credit_code = "91330106MA2GL0001I".into();
     bad.consent = None;
-    let e = c.submit_application(as_partner("p1", bad)).await.unwrap_err();
+    let e = c
+        .submit_application(as_partner("p1", bad))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let fields = violated_fields(&e);
-    for f in ["legal_representative.resident_id", "business.credit_code", "consent"] {
+    for f in [
+        "legal_representative.resident_id",
+        "business.credit_code",
+        "consent",
+    ] {
         assert!(fields.contains(&f.to_string()), "{f} not in {fields:?}");
     }
 
     // A good application goes through KYC, credit and funding.
-    let sub = submission("s1", "33010619850312456", "91330106MA2GL0001", pb::LoanPurpose::WorkingCapital);
-    let app = c.submit_application(as_partner("p1", sub.clone())).await.unwrap().into_inner().application.unwrap();
+    let sub = submission(
+        "s1",
+        "33010619850312456",
+        "91330106MA2GL0001",
+        pb::LoanPurpose::WorkingCapital,
+    );
+    let app = c
+        .submit_application(as_partner("p1", sub.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .application
+        .unwrap();
     assert_eq!(app.status, pb::ApplicationStatus::Submitted as i32);
     assert!(app.masked_resident_id.contains("****"));
     // Replay: the same application; a duplicate borrower: refused.
-    let replay = c.submit_application(as_partner("p1", sub.clone())).await.unwrap().into_inner().application.unwrap();
+    let replay = c
+        .submit_application(as_partner("p1", sub.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .application
+        .unwrap();
     assert_eq!(replay.application_id, app.application_id);
     let mut dup = sub.clone();
     dup.request_id = "s1-other".into();
-    let e = c.submit_application(as_partner("p1", dup.clone())).await.unwrap_err();
+    let e = c
+        .submit_application(as_partner("p1", dup.clone()))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
     assert_eq!(reason(&e), "DUPLICATE_APPLICATION");
     let mut changed = sub.clone();
     changed.term_months = 24;
-    let e = c.submit_application(as_partner("p1", changed)).await.unwrap_err();
+    let e = c
+        .submit_application(as_partner("p1", changed))
+        .await
+        .unwrap_err();
     assert_eq!(reason(&e), "IDEMPOTENCY_KEY_REUSED");
 
     let done = watch_until_settled(&mut c, "p1", &app.application_id).await;
-    assert_eq!(done.status, pb::ApplicationStatus::FundsReserved as i32, "{done:?}");
+    assert_eq!(
+        done.status,
+        pb::ApplicationStatus::FundsReserved as i32,
+        "{done:?}"
+    );
     let funding = done.funding.clone().unwrap();
-    let (bank, partner) = (funding.bank_amount.unwrap().minor_units, funding.partner_amount.unwrap().minor_units);
-    assert_eq!(bank + partner, done.decision.as_ref().unwrap().approved_amount.as_ref().unwrap().minor_units);
+    let (bank, partner) = (
+        funding.bank_amount.unwrap().minor_units,
+        funding.partner_amount.unwrap().minor_units,
+    );
+    assert_eq!(
+        bank + partner,
+        done.decision
+            .as_ref()
+            .unwrap()
+            .approved_amount
+            .as_ref()
+            .unwrap()
+            .minor_units
+    );
     assert!(partner * 10_000 >= (bank + partner) * 3_500);
     let statuses: Vec<i32> = done.history.iter().map(|h| h.status).collect();
     assert_eq!(
@@ -146,7 +230,19 @@ async fn scenario(backend: Backend) {
     .unwrap();
     let mut status = 0;
     for _ in 0..100 {
-        status = c.get_application(as_partner("p1", pb::GetApplicationRequest { application_id: app.application_id.clone() })).await.unwrap().into_inner().application.unwrap().status;
+        status = c
+            .get_application(as_partner(
+                "p1",
+                pb::GetApplicationRequest {
+                    application_id: app.application_id.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .application
+            .unwrap()
+            .status;
         if status == pb::ApplicationStatus::Disbursed as i32 {
             break;
         }
@@ -155,14 +251,25 @@ async fn scenario(backend: Backend) {
     assert_eq!(status, pb::ApplicationStatus::Disbursed as i32);
     // The refused request id keeps its answer; once disbursed the borrower is
     // no longer in flight, so a new request id is accepted.
-    let e = c.submit_application(as_partner("p1", dup.clone())).await.unwrap_err();
+    let e = c
+        .submit_application(as_partner("p1", dup.clone()))
+        .await
+        .unwrap_err();
     assert_eq!(reason(&e), "DUPLICATE_APPLICATION");
     dup.request_id = "s1-later".into();
     c.submit_application(as_partner("p1", dup)).await.unwrap();
 
     // A prohibited purpose is declined with a reason code.
     let declined = c
-        .submit_application(as_partner("p1", submission("s2", "44030519900101123", "91440305MA5F00012", pb::LoanPurpose::Securities)))
+        .submit_application(as_partner(
+            "p1",
+            submission(
+                "s2",
+                "44030519900101123",
+                "91440305MA5F00012",
+                pb::LoanPurpose::Securities,
+            ),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -173,16 +280,57 @@ async fn scenario(backend: Backend) {
     assert_eq!(d.reason_codes, vec!["PROHIBITED_PURPOSE"]);
 
     // Other partners see nothing; lists page.
-    let e = c.get_application(as_partner("p2", pb::GetApplicationRequest { application_id: app.application_id.clone() })).await.unwrap_err();
+    let e = c
+        .get_application(as_partner(
+            "p2",
+            pb::GetApplicationRequest {
+                application_id: app.application_id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let e2 = c.get_application(as_partner("p2", pb::GetApplicationRequest { application_id: "app_nope".into() })).await.unwrap_err();
+    let e2 = c
+        .get_application(as_partner(
+            "p2",
+            pb::GetApplicationRequest {
+                application_id: "app_nope".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
     assert_eq!((e.code(), e.message()), (e2.code(), e2.message()));
-    let l1 = c.list_applications(as_partner("p1", pb::ListApplicationsRequest { page_size: 2, ..Default::default() })).await.unwrap().into_inner();
+    let l1 = c
+        .list_applications(as_partner(
+            "p1",
+            pb::ListApplicationsRequest {
+                page_size: 2,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(l1.applications.len(), 2);
-    let l2 = c.list_applications(as_partner("p1", pb::ListApplicationsRequest { page_size: 2, page_token: l1.next_page_token, ..Default::default() })).await.unwrap().into_inner();
+    let l2 = c
+        .list_applications(as_partner(
+            "p1",
+            pb::ListApplicationsRequest {
+                page_size: 2,
+                page_token: l1.next_page_token,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(l2.applications.len(), 1);
     assert!(l2.next_page_token.is_empty());
-    let none = c.list_applications(as_partner("p2", pb::ListApplicationsRequest::default())).await.unwrap().into_inner();
+    let none = c
+        .list_applications(as_partner("p2", pb::ListApplicationsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(none.applications.is_empty());
     s.stop().await;
 }

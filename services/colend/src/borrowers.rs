@@ -6,13 +6,28 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const SURNAMES: [&str; 20] = [
-    "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭", "何", "高", "林", "罗",
+    "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭",
+    "何", "高", "林", "罗",
 ];
 const GIVEN: [&str; 20] = [
-    "伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明", "超", "秀英", "华", "平",
+    "伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明",
+    "超", "秀英", "华", "平",
 ];
-const WORDS: [&str; 10] = ["恒通", "鑫源", "瑞丰", "华盛", "金桥", "宏达", "嘉禾", "聚福", "安泰", "新锐"];
-const TRADES: [&str; 10] = ["贸易", "餐饮", "电子", "物流", "服装", "建材", "科技", "农产品", "五金", "文化传媒"];
+const WORDS: [&str; 10] = [
+    "恒通", "鑫源", "瑞丰", "华盛", "金桥", "宏达", "嘉禾", "聚福", "安泰", "新锐",
+];
+const TRADES: [&str; 10] = [
+    "贸易",
+    "餐饮",
+    "电子",
+    "物流",
+    "服装",
+    "建材",
+    "科技",
+    "农产品",
+    "五金",
+    "文化传媒",
+];
 /// (division code, city)
 const REGIONS: [(&str, &str); 10] = [
     ("110105", "北京"),
@@ -96,7 +111,11 @@ pub fn credit_code(rng: &mut StdRng, region: &str) -> String {
 /// Replaces the last (check) character with a wrong one.
 fn corrupt(code: &str, alphabet: &[u8]) -> String {
     let last = code.as_bytes()[code.len() - 1];
-    let wrong = alphabet.iter().find(|c| **c != last).copied().unwrap_or(b'0');
+    let wrong = alphabet
+        .iter()
+        .find(|c| **c != last)
+        .copied()
+        .unwrap_or(b'0');
     format!("{}{}", &code[..code.len() - 1], wrong as char)
 }
 
@@ -116,7 +135,11 @@ pub fn generate(n: usize, seed: u64, today: chrono::NaiveDate) -> Vec<Borrower> 
                 _ => Plant::Good,
             };
             let (region, city) = REGIONS[rng.random_range(0..REGIONS.len())];
-            let age = if plant == Plant::TooOld { rng.random_range(66..75) } else { rng.random_range(23..60) };
+            let age = if plant == Plant::TooOld {
+                rng.random_range(66..75)
+            } else {
+                rng.random_range(23..60)
+            };
             let mut rid = resident_id(&mut rng, region, age, today);
             let mut cc = credit_code(&mut rng, region);
             if plant == Plant::InvalidId {
@@ -129,34 +152,58 @@ pub fn generate(n: usize, seed: u64, today: chrono::NaiveDate) -> Vec<Borrower> 
             let person_name = if plant == Plant::Watchlisted && i % 2 == 1 {
                 WATCHLISTED_PERSON.to_string()
             } else {
-                format!("{}{}", SURNAMES[rng.random_range(0..20)], GIVEN[rng.random_range(0..20)])
+                format!(
+                    "{}{}",
+                    SURNAMES[rng.random_range(0..20)],
+                    GIVEN[rng.random_range(0..20)]
+                )
             };
             let business_name = if plant == Plant::Watchlisted && i % 2 == 0 {
                 WATCHLISTED_BUSINESS.to_string()
             } else {
-                format!("{city}{}{}有限公司", WORDS[rng.random_range(0..10)], TRADES[rng.random_range(0..10)])
+                format!(
+                    "{city}{}{}有限公司",
+                    WORDS[rng.random_range(0..10)],
+                    TRADES[rng.random_range(0..10)]
+                )
             };
             let revenue_yuan: i64 = rng.random_range(800_000..15_000_000);
             let requested_yuan: i64 = (rng.random_range(50_000..600_000) / 1_000) * 1_000;
             let method = rng.random_range(1..=3);
-            let term = if method == 3 { [6, 12][rng.random_range(0..2)] } else { [6, 12, 18, 24, 36][rng.random_range(0..5)] };
+            let term = if method == 3 {
+                [6, 12][rng.random_range(0..2)]
+            } else {
+                [6, 12, 18, 24, 36][rng.random_range(0..5)]
+            };
             Borrower {
                 plant,
                 person_name,
                 resident_id: rid,
-                mobile: format!("1{}{:09}", [3, 5, 7, 8, 9][rng.random_range(0..5)], rng.random_range(0..1_000_000_000)),
+                mobile: format!(
+                    "1{}{:09}",
+                    [3, 5, 7, 8, 9][rng.random_range(0..5)],
+                    rng.random_range(0..1_000_000_000)
+                ),
                 business_name,
                 credit_code: cc,
                 years_in_business: rng.random_range(1..15),
                 requested: requested_yuan * 100,
                 term_months: term,
-                purpose: if plant == Plant::ProhibitedPurpose { [5, 6][i % 2] } else { rng.random_range(1..=4) },
+                purpose: if plant == Plant::ProhibitedPurpose {
+                    [5, 6][i % 2]
+                } else {
+                    rng.random_range(1..=4)
+                },
                 method,
                 partner_score: rng.random_range(450..900),
                 annual_tax_revenue: revenue_yuan * 100,
                 invoice_turnover: revenue_yuan * rng.random_range(100..140),
                 turnover_trend_bps: rng.random_range(-1_500..3_000),
-                open_loans_elsewhere: if plant == Plant::OverBorrowed { rng.random_range(6..10) } else { rng.random_range(0..3) },
+                open_loans_elsewhere: if plant == Plant::OverBorrowed {
+                    rng.random_range(6..10)
+                } else {
+                    rng.random_range(0..3)
+                },
             }
         })
         .collect()
@@ -171,12 +218,16 @@ mod tests {
         let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
         let b = generate(300, 42, today);
         for x in &b {
-            let ok = ResidentId::parse(&x.resident_id).is_ok() && CreditCode::parse(&x.credit_code).is_ok();
+            let ok = ResidentId::parse(&x.resident_id).is_ok()
+                && CreditCode::parse(&x.credit_code).is_ok();
             assert_eq!(ok, x.plant != Plant::InvalidId, "{x:?}");
             assert!(colend_core::Mobile::parse(&x.mobile).is_ok());
         }
         assert_eq!(b.iter().filter(|x| x.plant == Plant::InvalidId).count(), 15);
         // Deterministic for a seed.
-        assert_eq!(generate(5, 7, today)[4].resident_id, generate(5, 7, today)[4].resident_id);
+        assert_eq!(
+            generate(5, 7, today)[4].resident_id,
+            generate(5, 7, today)[4].resident_id
+        );
     }
 }

@@ -52,7 +52,10 @@ const CNY: &str = "CNY";
 const CALL: Duration = Duration::from_secs(10);
 
 fn cny(minor: i64) -> Option<Money> {
-    Some(Money { minor_units: minor, currency_code: CNY.into() })
+    Some(Money {
+        minor_units: minor,
+        currency_code: CNY.into(),
+    })
 }
 
 fn minor(m: &Option<Money>) -> i64 {
@@ -98,8 +101,19 @@ impl Rec {
 #[derive(Debug)]
 enum Outcome {
     InvalidRejected,
-    Terminal { status: String, reasons: Vec<String> },
-    Funded { status: String, principal: i64, bank: i64, partner: i64, repaid: i64, bank_recs: Vec<Rec>, partner_recs: Vec<Rec> },
+    Terminal {
+        status: String,
+        reasons: Vec<String>,
+    },
+    Funded {
+        status: String,
+        principal: i64,
+        bank: i64,
+        partner: i64,
+        repaid: i64,
+        bank_recs: Vec<Rec>,
+        partner_recs: Vec<Rec>,
+    },
     Error(String),
 }
 
@@ -147,12 +161,19 @@ pub struct Summary {
 }
 
 fn reason_of(s: &tonic::Status) -> String {
-    s.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
+    s.get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
 }
 
 fn status_name(s: i32) -> String {
     acq::ApplicationStatus::try_from(s)
-        .map(|x| x.as_str_name().trim_start_matches("APPLICATION_STATUS_").to_string())
+        .map(|x| {
+            x.as_str_name()
+                .trim_start_matches("APPLICATION_STATUS_")
+                .to_string()
+        })
         .unwrap_or_else(|_| format!("{s}"))
 }
 
@@ -181,8 +202,15 @@ fn submission(c: &Clients, i: usize, b: &Borrower, attempt: &str) -> acq::Submit
             open_loans_elsewhere: b.open_loans_elsewhere,
         }),
         consent: Some(acq::Consent {
-            scopes: vec!["identity".into(), "credit_report".into(), "tax_data".into(), "invoice_data".into()],
-            granted_at: Some(colend_platform::time::timestamp(colend_platform::time::now_millis() - 60_000)),
+            scopes: vec![
+                "identity".into(),
+                "credit_report".into(),
+                "tax_data".into(),
+                "invoice_data".into(),
+            ],
+            granted_at: Some(colend_platform::time::timestamp(
+                colend_platform::time::now_millis() - 60_000,
+            )),
             channel: "app".into(),
             text_version: "2026.1".into(),
         }),
@@ -190,20 +218,38 @@ fn submission(c: &Clients, i: usize, b: &Borrower, attempt: &str) -> acq::Submit
 }
 
 /// Takes one borrower through the journey.
-async fn one(c: Clients, i: usize, b: Borrower, today: String, dup: &std::sync::atomic::AtomicU64) -> Outcome {
+async fn one(
+    c: Clients,
+    i: usize,
+    b: Borrower,
+    today: String,
+    dup: &std::sync::atomic::AtomicU64,
+) -> Outcome {
     let mut acqc = c.acquisition.clone();
     let submitted = acqc
         .submit_application(request(submission(&c, i, &b, ""), CALL, Some(&c.partner)))
         .await;
     let app = match submitted {
         Ok(r) => r.into_inner().application.unwrap_or_default(),
-        Err(s) if s.code() == tonic::Code::InvalidArgument && b.plant == Plant::InvalidId => return Outcome::InvalidRejected,
+        Err(s) if s.code() == tonic::Code::InvalidArgument && b.plant == Plant::InvalidId => {
+            return Outcome::InvalidRejected;
+        }
         Err(s) => return Outcome::Error(format!("submit #{i}: {} {}", s.code(), s.message())),
     };
     // Every 50th good borrower is submitted twice while in flight: dedup must refuse it.
     if b.plant == Plant::Good && i % 50 == 3 {
-        match acqc.submit_application(request(submission(&c, i, &b, "-again"), CALL, Some(&c.partner))).await {
-            Err(s) if s.code() == tonic::Code::AlreadyExists && reason_of(&s) == "DUPLICATE_APPLICATION" => {
+        match acqc
+            .submit_application(request(
+                submission(&c, i, &b, "-again"),
+                CALL,
+                Some(&c.partner),
+            ))
+            .await
+        {
+            Err(s)
+                if s.code() == tonic::Code::AlreadyExists
+                    && reason_of(&s) == "DUPLICATE_APPLICATION" =>
+            {
                 dup.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Err(s) if s.code() == tonic::Code::AlreadyExists => {}
@@ -213,14 +259,23 @@ async fn one(c: Clients, i: usize, b: Borrower, today: String, dup: &std::sync::
     // Follow the application live until funds are reserved or it ends.
     let watched = tokio::time::timeout(Duration::from_secs(60), async {
         let mut stream = acqc
-            .watch_application(request(acq::WatchApplicationRequest { application_id: app.application_id.clone() }, Duration::from_secs(60), Some(&c.partner)))
+            .watch_application(request(
+                acq::WatchApplicationRequest {
+                    application_id: app.application_id.clone(),
+                },
+                Duration::from_secs(60),
+                Some(&c.partner),
+            ))
             .await?
             .into_inner();
         let mut last = app.clone();
         while let Some(m) = stream.message().await? {
             last = m.application.unwrap_or_default();
             let s = status_name(last.status);
-            if matches!(s.as_str(), "FUNDS_RESERVED" | "KYC_REJECTED" | "DECLINED" | "FUNDING_REJECTED" | "FAILED") {
+            if matches!(
+                s.as_str(),
+                "FUNDS_RESERVED" | "KYC_REJECTED" | "DECLINED" | "FUNDING_REJECTED" | "FAILED"
+            ) {
                 break;
             }
         }
@@ -234,9 +289,16 @@ async fn one(c: Clients, i: usize, b: Borrower, today: String, dup: &std::sync::
     };
     let status = status_name(app.status);
     if status != "FUNDS_RESERVED" {
-        return Outcome::Terminal { status, reasons: app.reason_codes };
+        return Outcome::Terminal {
+            status,
+            reasons: app.reason_codes,
+        };
     }
-    let loan_id = app.funding.as_ref().map(|f| f.loan_id.clone()).unwrap_or_default();
+    let loan_id = app
+        .funding
+        .as_ref()
+        .map(|f| f.loan_id.clone())
+        .unwrap_or_default();
     // As the bank core: disburse, then book the first instalment.
     let mut fc = c.funding.clone();
     let disb_ref = format!("BNK-D-{}", &loan_id[5..]);
@@ -276,7 +338,11 @@ async fn one(c: Clients, i: usize, b: Borrower, today: String, dup: &std::sync::
         Err(s) => return Outcome::Error(format!("repay #{i}: {} {}", s.code(), s.message())),
     };
     let part = |f: Funder, r: &fund::Repayment| -> i64 {
-        r.allocations.iter().filter(|a| a.funder == f as i32).map(|a| minor(&a.amount)).sum()
+        r.allocations
+            .iter()
+            .filter(|a| a.funder == f as i32)
+            .map(|a| minor(&a.amount))
+            .sum()
     };
     let bank_recs = vec![
         Rec {
@@ -299,7 +365,16 @@ async fn one(c: Clients, i: usize, b: Borrower, today: String, dup: &std::sync::
         },
     ];
     // As the partner: its own view of the loan.
-    let theirs = match fc.get_loan(request(fund::GetLoanRequest { loan_id: loan_id.clone() }, CALL, Some(&c.partner))).await {
+    let theirs = match fc
+        .get_loan(request(
+            fund::GetLoanRequest {
+                loan_id: loan_id.clone(),
+            },
+            CALL,
+            Some(&c.partner),
+        ))
+        .await
+    {
         Ok(r) => r.into_inner().loan.unwrap_or_default(),
         Err(s) => return Outcome::Error(format!("get loan #{i}: {} {}", s.code(), s.message())),
     };
@@ -327,7 +402,13 @@ async fn one(c: Clients, i: usize, b: Borrower, today: String, dup: &std::sync::
     let mut final_status = status;
     for _ in 0..100 {
         if let Ok(r) = acqc
-            .get_application(request(acq::GetApplicationRequest { application_id: app.application_id.clone() }, CALL, Some(&c.partner)))
+            .get_application(request(
+                acq::GetApplicationRequest {
+                    application_id: app.application_id.clone(),
+                },
+                CALL,
+                Some(&c.partner),
+            ))
             .await
         {
             final_status = status_name(r.into_inner().application.unwrap_or_default().status);
@@ -358,8 +439,8 @@ async fn setup(c: &Clients, share_bps: i32) -> anyhow::Result<()> {
                 partner_share_bps: share_bps,
                 bank_rate_bps: 900,
                 partner_rate_bps: 1_100,
-                daily_quota: cny(5_000_000_000_00),
-                total_quota: cny(50_000_000_000_00),
+                daily_quota: cny(5_000_000_000 * 100),
+                total_quota: cny(50_000_000_000 * 100),
                 effective_from: "2026-01-01".into(),
                 ..Default::default()
             }),
@@ -370,8 +451,16 @@ async fn setup(c: &Clients, share_bps: i32) -> anyhow::Result<()> {
     .await?;
     let mut k = c.kyc.clone();
     for (n, (kind, name, note)) in [
-        (kyc::WatchlistKind::Fraud, borrowers::WATCHLISTED_BUSINESS, "demo fraud list entry"),
-        (kyc::WatchlistKind::Sanctions, borrowers::WATCHLISTED_PERSON, "demo sanctions entry"),
+        (
+            kyc::WatchlistKind::Fraud,
+            borrowers::WATCHLISTED_BUSINESS,
+            "demo fraud list entry",
+        ),
+        (
+            kyc::WatchlistKind::Sanctions,
+            borrowers::WATCHLISTED_PERSON,
+            "demo sanctions entry",
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -400,7 +489,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         print_text(&summary);
     }
     if summary.errors > 0 || !summary.invariant_violations.is_empty() {
-        anyhow::bail!("the demo finished with {} errors and {} invariant violations", summary.errors, summary.invariant_violations.len());
+        anyhow::bail!(
+            "the demo finished with {} errors and {} invariant violations",
+            summary.errors,
+            summary.invariant_violations.len()
+        );
     }
     Ok(())
 }
@@ -410,7 +503,10 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let ch = channel(&args.endpoint)?;
     let run = uuid::Uuid::now_v7().simple().to_string();
-    let partner = args.partner.clone().unwrap_or_else(|| format!("partner-{}", &run[run.len() - 8..]));
+    let partner = args
+        .partner
+        .clone()
+        .unwrap_or_else(|| format!("partner-{}", &run[run.len() - 8..]));
     let c = Clients {
         acquisition: AcquisitionServiceClient::new(ch.clone()),
         funding: FundingServiceClient::new(ch.clone()),
@@ -419,17 +515,24 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
         partner: partner.clone(),
         run,
     };
-    setup(&c, args.partner_share_bps)
-        .await
-        .map_err(|e| anyhow::anyhow!("setting up the partner agreement and watchlists at {}: {e}", args.endpoint))?;
-    let seed = args.seed.unwrap_or_else(|| colend_platform::time::now_millis() as u64);
+    setup(&c, args.partner_share_bps).await.map_err(|e| {
+        anyhow::anyhow!(
+            "setting up the partner agreement and watchlists at {}: {e}",
+            args.endpoint
+        )
+    })?;
+    let seed = args
+        .seed
+        .unwrap_or_else(|| colend_platform::time::now_millis() as u64);
     let today_date = colend_platform::time::today();
     let today = colend_platform::time::format_date(today_date);
     let list = borrowers::generate(args.applications, seed, today_date);
     let bar = indicatif::ProgressBar::new(args.applications as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} applications {msg} [{elapsed}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} applications {msg} [{elapsed}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let dups = std::sync::atomic::AtomicU64::new(0);
     let outcomes: Vec<Outcome> = futures::stream::iter(list.into_iter().enumerate())
@@ -457,23 +560,37 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
     let mut min_share: Option<i64> = None;
     for o in outcomes {
         match o {
-            Outcome::InvalidRejected => *s.outcomes.entry("INVALID_REJECTED".into()).or_default() += 1,
+            Outcome::InvalidRejected => {
+                *s.outcomes.entry("INVALID_REJECTED".into()).or_default() += 1
+            }
             Outcome::Terminal { status, reasons } => {
                 if reasons.is_empty() {
-                    s.invariant_violations.push(format!("{status} without reason codes"));
+                    s.invariant_violations
+                        .push(format!("{status} without reason codes"));
                 }
                 for r in &reasons {
                     *s.decline_reasons.entry(r.clone()).or_default() += 1;
                 }
                 *s.outcomes.entry(status).or_default() += 1;
             }
-            Outcome::Funded { status, principal, bank, partner, repaid, bank_recs: b, partner_recs: p } => {
+            Outcome::Funded {
+                status,
+                principal,
+                bank,
+                partner,
+                repaid,
+                bank_recs: b,
+                partner_recs: p,
+            } => {
                 *s.outcomes.entry(format!("FUNDED ({status})")).or_default() += 1;
                 if bank + partner != principal {
-                    s.invariant_violations.push(format!("split {bank} + {partner} != {principal}"));
+                    s.invariant_violations
+                        .push(format!("split {bank} + {partner} != {principal}"));
                 }
                 if (partner as i128) * 10_000 < principal as i128 * args.partner_share_bps as i128 {
-                    s.invariant_violations.push(format!("partner share {partner} of {principal} is below the agreement"));
+                    s.invariant_violations.push(format!(
+                        "partner share {partner} of {principal} is below the agreement"
+                    ));
                 }
                 if principal > 0 {
                     let bps = partner * 10_000 / principal;
@@ -502,7 +619,10 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
 
     // Reconcile the day: the bank's records against the partner's.
     let mut rc = c.recon.clone();
-    for (side, recs) in [(recon::Side::Bank, &bank_recs), (recon::Side::Partner, &partner_recs)] {
+    for (side, recs) in [
+        (recon::Side::Bank, &bank_recs),
+        (recon::Side::Partner, &partner_recs),
+    ] {
         for (n, chunk) in recs.chunks(1_000).enumerate() {
             rc.ingest_records(request(
                 recon::IngestRecordsRequest {
@@ -540,9 +660,19 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
         .unwrap_or(0);
     let expected: i64 = bank_recs
         .iter()
-        .map(|r| if r.kind == recon::RecordKind::Disbursement { r.partner } else { -r.partner })
+        .map(|r| {
+            if r.kind == recon::RecordKind::Disbursement {
+                r.partner
+            } else {
+                -r.partner
+            }
+        })
         .sum();
-    let owed = run.settlement.as_ref().map(|x| minor(&x.partner_owes_bank)).unwrap_or(0);
+    let owed = run
+        .settlement
+        .as_ref()
+        .map(|x| minor(&x.partner_owes_bank))
+        .unwrap_or(0);
     s.reconciliation = ReconSummary {
         run_id: run.run_id.clone(),
         business_date: today,
@@ -555,10 +685,15 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
         settlement_verified: owed == expected,
     };
     if run.open_breaks != 0 {
-        s.invariant_violations.push(format!("{} unexplained reconciliation breaks", run.open_breaks));
+        s.invariant_violations.push(format!(
+            "{} unexplained reconciliation breaks",
+            run.open_breaks
+        ));
     }
     if owed != expected {
-        s.invariant_violations.push(format!("settlement {owed} differs from the records' {expected}"));
+        s.invariant_violations.push(format!(
+            "settlement {owed} differs from the records' {expected}"
+        ));
     }
     let tb = c
         .funding
@@ -568,14 +703,18 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
         .into_inner();
     s.ledger_balanced = minor(&tb.total_debits) == minor(&tb.total_credits);
     if !s.ledger_balanced {
-        s.invariant_violations.push("ledger debits differ from credits".into());
+        s.invariant_violations
+            .push("ledger debits differ from credits".into());
     }
     s.elapsed_ms = started.elapsed().as_millis();
     Ok(s)
 }
 
 fn print_text(s: &Summary) {
-    println!("colend demo: {} applications as partner {} (seed {})", s.applications, s.partner_id, s.seed);
+    println!(
+        "colend demo: {} applications as partner {} (seed {})",
+        s.applications, s.partner_id, s.seed
+    );
     println!("outcomes:");
     for (k, v) in &s.outcomes {
         println!("  {k:<28} {v}");
@@ -594,7 +733,9 @@ fn print_text(s: &Summary) {
         f.principal,
         f.bank,
         f.partner,
-        f.min_partner_share_bps.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+        f.min_partner_share_bps
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "-".into()),
         format_minor(f.first_repayments_minor)
     );
     let r = &s.reconciliation;
@@ -607,9 +748,19 @@ fn print_text(s: &Summary) {
         r.matched,
         r.breaks,
         r.partner_owes_bank,
-        if r.settlement_verified { "verified" } else { "NOT verified" }
+        if r.settlement_verified {
+            "verified"
+        } else {
+            "NOT verified"
+        }
     );
-    println!("ledger balanced: {}; errors: {}; invariant violations: {}; {} ms", s.ledger_balanced, s.errors, s.invariant_violations.len(), s.elapsed_ms);
+    println!(
+        "ledger balanced: {}; errors: {}; invariant violations: {}; {} ms",
+        s.ledger_balanced,
+        s.errors,
+        s.invariant_violations.len(),
+        s.elapsed_ms
+    );
     for e in &s.error_samples {
         println!("  error: {e}");
     }

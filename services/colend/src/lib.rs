@@ -28,7 +28,11 @@ pub async fn register(name: &str, mesh: Mesh) -> anyhow::Result<Registered> {
 pub fn self_address(listener: &TcpListener) -> anyhow::Result<String> {
     let a = listener.local_addr()?;
     let host = if a.ip().is_unspecified() {
-        if a.is_ipv6() { "[::1]".to_string() } else { "127.0.0.1".to_string() }
+        if a.is_ipv6() {
+            "[::1]".to_string()
+        } else {
+            "127.0.0.1".to_string()
+        }
     } else if a.is_ipv6() {
         format!("[{}]", a.ip())
     } else {
@@ -38,7 +42,10 @@ pub fn self_address(listener: &TcpListener) -> anyhow::Result<String> {
 }
 
 /// Connects and migrates all five services for one listener.
-pub async fn build_mesh(listener: &TcpListener, backends: Backends) -> anyhow::Result<Vec<Registered>> {
+pub async fn build_mesh(
+    listener: &TcpListener,
+    backends: Backends,
+) -> anyhow::Result<Vec<Registered>> {
     let mesh = Mesh::from_env(backends, Endpoints::all_at(&self_address(listener)?))?;
     let mut services = Vec::new();
     for name in SERVICES {

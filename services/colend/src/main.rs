@@ -4,7 +4,11 @@ use colend_platform::config::Backends;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "colend", version, about = "Bank–fintech joint lending: the colend gRPC mesh")]
+#[command(
+    name = "colend",
+    version,
+    about = "Bank–fintech joint lending: the colend gRPC mesh"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,11 +57,17 @@ async fn main() -> anyhow::Result<()> {
                 Some(_) => "PostgreSQL (DATABASE_URL)".to_string(),
                 None => format!("SQLite files in {}", backends.data_dir.display()),
             };
-            let cache = if backends.redis_url.is_some() { "Redis (REDIS_URL)" } else { "in-process cache" };
+            let cache = if backends.redis_url.is_some() {
+                "Redis (REDIS_URL)"
+            } else {
+                "in-process cache"
+            };
             tracing::info!(address = %listener.local_addr()?, storage, cache, "colend mesh starting");
             let addr = listener.local_addr()?;
             let services = colend::build_mesh(&listener, backends).await?;
-            eprintln!("colend is up on {addr}: acquisition, kyc, credit, funding, reconciliation, health, reflection; {storage}; {cache}");
+            eprintln!(
+                "colend is up on {addr}: acquisition, kyc, credit, funding, reconciliation, health, reflection; {storage}; {cache}"
+            );
             colend_platform::runner::serve_registered(
                 listener,
                 services,
@@ -66,13 +76,20 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Serve { service, listen, data_dir } => {
+        Command::Serve {
+            service,
+            listen,
+            data_dir,
+        } => {
             let mut backends = Backends::from_env();
             backends.data_dir = data_dir;
             let name = service.clone();
-            colend_platform::runner::run_single_with(&name, &listen, backends, move |mesh| async move {
-                colend::register(&service, mesh).await
-            })
+            colend_platform::runner::run_single_with(
+                &name,
+                &listen,
+                backends,
+                move |mesh| async move { colend::register(&service, mesh).await },
+            )
             .await
         }
         Command::Demo(args) => colend::demo::run(args).await,

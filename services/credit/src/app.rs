@@ -30,7 +30,10 @@ impl Credit {
     /// Publishes `default` as the first policy when none exists.
     pub async fn ensure_policy(&self, default: Policy) -> anyhow::Result<()> {
         let problems = default.problems();
-        anyhow::ensure!(problems.is_empty(), "the configured credit policy is invalid: {problems:?}");
+        anyhow::ensure!(
+            problems.is_empty(),
+            "the configured credit policy is invalid: {problems:?}"
+        );
         sqlx::query(
             "INSERT INTO policies (version, seq, body, created_at) \
              SELECT $1, 1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM policies)",
@@ -53,36 +56,51 @@ impl Credit {
         {
             return Ok(p);
         }
-        let (body,): (String,) = sqlx::query_as("SELECT body FROM policies ORDER BY seq DESC LIMIT 1")
-            .fetch_one(&self.db.pool)
-            .await?;
+        let (body,): (String,) =
+            sqlx::query_as("SELECT body FROM policies ORDER BY seq DESC LIMIT 1")
+                .fetch_one(&self.db.pool)
+                .await?;
         let p: Policy = serde_json::from_str(&body).map_err(ApiError::internal)?;
-        self.cache.set(POLICY_KEY, body.as_bytes(), self.policy_ttl).await;
+        self.cache
+            .set(POLICY_KEY, body.as_bytes(), self.policy_ttl)
+            .await;
         Ok(p)
     }
 
     /// Publishes a new policy version.
-    pub async fn set_policy(&self, request_id: String, hash: String, policy: Policy) -> ApiResult<Policy> {
+    pub async fn set_policy(
+        &self,
+        request_id: String,
+        hash: String,
+        policy: Policy,
+    ) -> ApiResult<Policy> {
         let p = policy.clone();
         let stored = idempotency::run(&self.db, "SetPolicy".into(), request_id, hash, move |tx| {
             Box::pin(async move {
-                let exists: Option<(String,)> = sqlx::query_as("SELECT version FROM policies WHERE version = $1")
-                    .bind(&p.version)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let exists: Option<(String,)> =
+                    sqlx::query_as("SELECT version FROM policies WHERE version = $1")
+                        .bind(&p.version)
+                        .fetch_optional(&mut *tx)
+                        .await?;
                 if exists.is_some() {
-                    return Err(ApiError::InvalidState(format!("policy version {} already exists", p.version)));
+                    return Err(ApiError::InvalidState(format!(
+                        "policy version {} already exists",
+                        p.version
+                    )));
                 }
-                let (seq,): (i64,) = sqlx::query_as("SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM policies")
-                    .fetch_one(&mut *tx)
-                    .await?;
-                sqlx::query("INSERT INTO policies (version, seq, body, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(&p.version)
-                    .bind(seq + 1)
-                    .bind(serde_json::to_string(&p).map_err(ApiError::internal)?)
-                    .bind(now_millis())
-                    .execute(&mut *tx)
-                    .await?;
+                let (seq,): (i64,) =
+                    sqlx::query_as("SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM policies")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                sqlx::query(
+                    "INSERT INTO policies (version, seq, body, created_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&p.version)
+                .bind(seq + 1)
+                .bind(serde_json::to_string(&p).map_err(ApiError::internal)?)
+                .bind(now_millis())
+                .execute(&mut *tx)
+                .await?;
                 Ok(pb::SetPolicyResponse { policy: None })
             })
         })
@@ -93,7 +111,12 @@ impl Credit {
     }
 
     /// Decides an application and records the decision with its inputs.
-    pub async fn decide(&self, request_id: String, hash: String, input: pb::DecisionInput) -> ApiResult<pb::Decision> {
+    pub async fn decide(
+        &self,
+        request_id: String,
+        hash: String,
+        input: pb::DecisionInput,
+    ) -> ApiResult<pb::Decision> {
         let policy = self.current_policy().await?;
         let domain_input = to_domain(&input);
         let outcome = domain::decide(&domain_input, &policy);
@@ -141,7 +164,11 @@ impl Credit {
     }
 
     /// A stored decision of the calling partner.
-    pub async fn get_decision(&self, partner_id: &str, decision_id: &str) -> ApiResult<pb::Decision> {
+    pub async fn get_decision(
+        &self,
+        partner_id: &str,
+        decision_id: &str,
+    ) -> ApiResult<pb::Decision> {
         let row: Option<(String,)> =
             sqlx::query_as("SELECT body FROM decisions WHERE decision_id = $1 AND partner_id = $2")
                 .bind(decision_id)

@@ -83,10 +83,19 @@ impl Policy {
             p.push(("min_age", "ages must satisfy 0 < min_age <= max_age <= 120"));
         }
         if !(0 < self.product_min_amount && self.product_min_amount <= self.product_max_amount) {
-            p.push(("product_min_amount", "must be positive and at most product_max_amount"));
+            p.push((
+                "product_min_amount",
+                "must be positive and at most product_max_amount",
+            ));
         }
-        if !(0 < self.min_term_months && self.min_term_months <= self.max_term_months && self.max_term_months <= 360) {
-            p.push(("min_term_months", "terms must satisfy 0 < min <= max <= 360"));
+        if !(0 < self.min_term_months
+            && self.min_term_months <= self.max_term_months
+            && self.max_term_months <= 360)
+        {
+            p.push((
+                "min_term_months",
+                "terms must satisfy 0 < min <= max <= 360",
+            ));
         }
         if self.max_bullet_term_months <= 0 {
             p.push(("max_bullet_term_months", "must be positive"));
@@ -202,7 +211,14 @@ pub fn score(i: &Input) -> i32 {
 
 /// Probability of default, basis points, by linear interpolation between anchors.
 pub fn pd_from_points(points: i32) -> i32 {
-    const ANCHORS: [(i32, i32); 6] = [(500, 3000), (560, 1200), (620, 500), (680, 200), (740, 80), (800, 30)];
+    const ANCHORS: [(i32, i32); 6] = [
+        (500, 3000),
+        (560, 1200),
+        (620, 500),
+        (680, 200),
+        (740, 80),
+        (800, 30),
+    ];
     if points <= ANCHORS[0].0 {
         return ANCHORS[0].1;
     }
@@ -244,7 +260,10 @@ pub fn decide(i: &Input, p: &Policy) -> Outcome {
         r(&mut reasons, "AGE_OUT_OF_RANGE");
     }
     if !p.allowed_region_prefixes.is_empty()
-        && !p.allowed_region_prefixes.iter().any(|pre| i.region_code.starts_with(pre.as_str()))
+        && !p
+            .allowed_region_prefixes
+            .iter()
+            .any(|pre| i.region_code.starts_with(pre.as_str()))
     {
         r(&mut reasons, "REGION_NOT_ALLOWED");
     }
@@ -338,7 +357,10 @@ mod tests {
         assert!(o.approved, "{o:?}");
         assert_eq!(o.points, 600 + 40 + 25 + 10 + 20 + 15 + 10);
         assert_eq!(o.pd_bps, pd_from_points(o.points));
-        let expected = p.funding_cost_bps + p.operating_cost_bps + o.pd_bps * p.lgd_bps / 10_000 + p.margin_bps;
+        let expected = p.funding_cost_bps
+            + p.operating_cost_bps
+            + o.pd_bps * p.lgd_bps / 10_000
+            + p.margin_bps;
         assert_eq!(o.annual_rate_bps, expected);
         assert_eq!(o.all_in_apr_bps, expected + p.fee_bps);
         assert!(o.all_in_apr_bps <= p.apr_cap_bps);
@@ -357,7 +379,12 @@ mod tests {
         assert!(!o.approved);
         assert_eq!(
             o.reasons,
-            vec!["AGE_OUT_OF_RANGE", "PROHIBITED_PURPOSE", "TOO_MANY_OPEN_LOANS", "BULLET_TERM_TOO_LONG"]
+            vec![
+                "AGE_OUT_OF_RANGE",
+                "PROHIBITED_PURPOSE",
+                "TOO_MANY_OPEN_LOANS",
+                "BULLET_TERM_TOO_LONG"
+            ]
         );
     }
 

@@ -2,7 +2,10 @@
 use crate::app::Credit;
 use crate::domain::Policy;
 use colend_contracts::common::v1::{Money, RepaymentMethod};
-use colend_contracts::credit::v1::{self as pb, credit_service_server::{CreditService, CreditServiceServer}};
+use colend_contracts::credit::v1::{
+    self as pb,
+    credit_service_server::{CreditService, CreditServiceServer},
+};
 use colend_core::request_id::validate_request_id;
 use colend_platform::idempotency::request_hash;
 use colend_platform::{ApiError, Violations, caller};
@@ -25,14 +28,22 @@ fn check_money(v: &mut Violations, field: &str, m: &Option<Money>, required: boo
                 v.add(&format!("{field}.minor_units"), "must not be negative");
             }
             if colend_core::Currency::parse(&m.currency_code).is_err() {
-                v.add(&format!("{field}.currency_code"), "must be an ISO 4217 code such as CNY");
+                v.add(
+                    &format!("{field}.currency_code"),
+                    "must be an ISO 4217 code such as CNY",
+                );
             }
         }
     }
 }
 
 fn to_pb(p: &Policy) -> pb::Policy {
-    let money = |m: i64| Some(Money { minor_units: m, currency_code: p.currency.clone() });
+    let money = |m: i64| {
+        Some(Money {
+            minor_units: m,
+            currency_code: p.currency.clone(),
+        })
+    };
     pb::Policy {
         version: p.version.clone(),
         min_age: p.min_age,
@@ -71,8 +82,16 @@ fn from_pb(p: &pb::Policy, v: &mut Violations) -> Policy {
         prohibited_purposes: p.prohibited_purposes.clone(),
         max_open_loans_elsewhere: p.max_open_loans_elsewhere,
         currency,
-        product_max_amount: p.product_max_amount.as_ref().map(|m| m.minor_units).unwrap_or(0),
-        product_min_amount: p.product_min_amount.as_ref().map(|m| m.minor_units).unwrap_or(0),
+        product_max_amount: p
+            .product_max_amount
+            .as_ref()
+            .map(|m| m.minor_units)
+            .unwrap_or(0),
+        product_min_amount: p
+            .product_min_amount
+            .as_ref()
+            .map(|m| m.minor_units)
+            .unwrap_or(0),
         min_term_months: p.min_term_months,
         max_term_months: p.max_term_months,
         max_bullet_term_months: p.max_bullet_term_months,
@@ -110,28 +129,71 @@ impl CreditService for CreditGrpc {
             "input.application_id",
             "must be 1 to 64 characters",
         );
-        v.check(input.partner_id == caller, "input.partner_id", "must be the calling partner");
-        v.check((0..=150).contains(&input.applicant_age), "input.applicant_age", "must be 0 to 150");
+        v.check(
+            input.partner_id == caller,
+            "input.partner_id",
+            "must be the calling partner",
+        );
+        v.check(
+            (0..=150).contains(&input.applicant_age),
+            "input.applicant_age",
+            "must be 0 to 150",
+        );
         v.check(!input.purpose.is_empty(), "input.purpose", "is required");
-        check_money(&mut v, "input.requested_amount", &input.requested_amount, true);
-        check_money(&mut v, "input.annual_tax_revenue", &input.annual_tax_revenue, false);
-        check_money(&mut v, "input.invoice_turnover_12m", &input.invoice_turnover_12m, false);
-        v.check((1..=360).contains(&input.term_months), "input.term_months", "must be 1 to 360");
+        check_money(
+            &mut v,
+            "input.requested_amount",
+            &input.requested_amount,
+            true,
+        );
+        check_money(
+            &mut v,
+            "input.annual_tax_revenue",
+            &input.annual_tax_revenue,
+            false,
+        );
+        check_money(
+            &mut v,
+            "input.invoice_turnover_12m",
+            &input.invoice_turnover_12m,
+            false,
+        );
+        v.check(
+            (1..=360).contains(&input.term_months),
+            "input.term_months",
+            "must be 1 to 360",
+        );
         v.check(
             matches!(
                 RepaymentMethod::try_from(input.repayment_method),
-                Ok(RepaymentMethod::EqualInstalment | RepaymentMethod::EqualPrincipal | RepaymentMethod::InterestFirst)
+                Ok(RepaymentMethod::EqualInstalment
+                    | RepaymentMethod::EqualPrincipal
+                    | RepaymentMethod::InterestFirst)
             ),
             "input.repayment_method",
             "must be EQUAL_INSTALMENT, EQUAL_PRINCIPAL or INTEREST_FIRST",
         );
-        v.check((0..=1000).contains(&input.partner_score), "input.partner_score", "must be 0 to 1000");
-        v.check(input.years_in_business >= 0, "input.years_in_business", "must not be negative");
-        v.check(input.open_loans_elsewhere >= 0, "input.open_loans_elsewhere", "must not be negative");
+        v.check(
+            (0..=1000).contains(&input.partner_score),
+            "input.partner_score",
+            "must be 0 to 1000",
+        );
+        v.check(
+            input.years_in_business >= 0,
+            "input.years_in_business",
+            "must not be negative",
+        );
+        v.check(
+            input.open_loans_elsewhere >= 0,
+            "input.open_loans_elsewhere",
+            "must not be negative",
+        );
         v.into_result()?;
         let hash = request_hash(&r);
         let decision = self.app.decide(r.request_id, hash, input).await?;
-        Ok(Response::new(pb::DecideApplicationResponse { decision: Some(decision) }))
+        Ok(Response::new(pb::DecideApplicationResponse {
+            decision: Some(decision),
+        }))
     }
 
     async fn get_decision(
@@ -149,7 +211,9 @@ impl CreditService for CreditGrpc {
         _request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
         let p = self.app.current_policy().await?;
-        Ok(Response::new(pb::GetPolicyResponse { policy: Some(to_pb(&p)) }))
+        Ok(Response::new(pb::GetPolicyResponse {
+            policy: Some(to_pb(&p)),
+        }))
     }
 
     async fn set_policy(
@@ -168,6 +232,8 @@ impl CreditService for CreditGrpc {
         v.into_result()?;
         let hash = request_hash(&r);
         let stored = self.app.set_policy(r.request_id, hash, policy).await?;
-        Ok(Response::new(pb::SetPolicyResponse { policy: Some(to_pb(&stored)) }))
+        Ok(Response::new(pb::SetPolicyResponse {
+            policy: Some(to_pb(&stored)),
+        }))
     }
 }

@@ -25,7 +25,10 @@ impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Settings {
             min_partner_share_bps: env_parse("COLEND_FUNDING_MIN_PARTNER_SHARE_BPS", 3_000)?,
-            agreement_ttl: Duration::from_secs(env_parse("COLEND_FUNDING_AGREEMENT_CACHE_TTL_SECS", 60u64)?),
+            agreement_ttl: Duration::from_secs(env_parse(
+                "COLEND_FUNDING_AGREEMENT_CACHE_TTL_SECS",
+                60u64,
+            )?),
         })
     }
 }
@@ -119,7 +122,10 @@ fn status_of(s: &str) -> pb::LoanStatus {
 }
 
 fn money(minor: i64, currency: &str) -> Option<Money> {
-    Some(Money { minor_units: minor, currency_code: currency.to_string() })
+    Some(Money {
+        minor_units: minor,
+        currency_code: currency.to_string(),
+    })
 }
 
 async fn load_loan(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<Option<LoanRow>> {
@@ -130,7 +136,10 @@ async fn load_loan(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<Option<
     Ok(row.as_ref().map(loan_row))
 }
 
-async fn load_schedule(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<(Vec<Instalment>, Vec<(i64, i64)>)> {
+async fn load_schedule(
+    conn: &mut AnyConnection,
+    loan_id: &str,
+) -> ApiResult<(Vec<Instalment>, Vec<(i64, i64)>)> {
     let rows = sqlx::query(
         "SELECT seq, due_date, principal, interest, principal_paid, interest_paid FROM instalments WHERE loan_id = $1 ORDER BY seq",
     )
@@ -143,7 +152,8 @@ async fn load_schedule(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<(Ve
         let due: String = r.get(1);
         s.push(Instalment {
             seq: r.get::<i64, _>(0) as i32,
-            due: parse_date(&due).ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad stored date")))?,
+            due: parse_date(&due)
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad stored date")))?,
             principal: r.get(2),
             interest: r.get(3),
         });
@@ -153,11 +163,12 @@ async fn load_schedule(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<(Ve
 }
 
 async fn load_repayments(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<Vec<pb::Repayment>> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT body FROM repayments WHERE loan_id = $1 ORDER BY created_at, repayment_id")
-            .bind(loan_id)
-            .fetch_all(&mut *conn)
-            .await?;
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT body FROM repayments WHERE loan_id = $1 ORDER BY created_at, repayment_id",
+    )
+    .bind(loan_id)
+    .fetch_all(&mut *conn)
+    .await?;
     rows.into_iter()
         .map(|(b,)| {
             let bytes = hex::decode(b).map_err(ApiError::internal)?;
@@ -224,7 +235,9 @@ async fn post(
             .filter(|l| l.0 == funder)
             .fold((0, 0), |(d, c), l| (d + l.2, c + l.3));
         if d != c {
-            return Err(ApiError::internal(anyhow::anyhow!("unbalanced posting for {funder}: {d} != {c}")));
+            return Err(ApiError::internal(anyhow::anyhow!(
+                "unbalanced posting for {funder}: {d} != {c}"
+            )));
         }
     }
     let posting_id = format!("pst_{}", uuid::Uuid::now_v7().simple());
@@ -250,7 +263,13 @@ async fn post(
 }
 
 impl Funding {
-    pub fn new(db: Db, cache: Cache, acquisition: Channel, call_timeout: Duration, settings: Settings) -> Self {
+    pub fn new(
+        db: Db,
+        cache: Cache,
+        acquisition: Channel,
+        call_timeout: Duration,
+        settings: Settings,
+    ) -> Self {
         Funding {
             db,
             cache,
@@ -269,8 +288,16 @@ impl Funding {
     }
 
     /// Creates a new version of a partner's agreement.
-    pub async fn upsert_agreement(&self, request_id: String, hash: String, a: pb::Agreement) -> ApiResult<pb::Agreement> {
-        if let Some(problem) = domain::share_problem(a.partner_share_bps as i64, self.settings.min_partner_share_bps) {
+    pub async fn upsert_agreement(
+        &self,
+        request_id: String,
+        hash: String,
+        a: pb::Agreement,
+    ) -> ApiResult<pb::Agreement> {
+        if let Some(problem) = domain::share_problem(
+            a.partner_share_bps as i64,
+            self.settings.min_partner_share_bps,
+        ) {
             return Err(ApiError::field("agreement.partner_share_bps", &problem));
         }
         let partner = a.partner_id.clone();
@@ -312,7 +339,12 @@ impl Funding {
     /// The partner's agreement in force today, read through the cache.
     pub async fn agreement(&self, partner_id: &str) -> ApiResult<Option<pb::Agreement>> {
         let key = Self::agreement_key(partner_id);
-        if let Some(a) = self.cache.get(&key).await.and_then(|b| pb::Agreement::decode(b.as_slice()).ok()) {
+        if let Some(a) = self
+            .cache
+            .get(&key)
+            .await
+            .and_then(|b| pb::Agreement::decode(b.as_slice()).ok())
+        {
             return Ok(Some(a));
         }
         let row = sqlx::query(
@@ -337,20 +369,36 @@ impl Funding {
             effective_from: r.get(7),
             created_at: Some(timestamp(r.get(8))),
         };
-        self.cache.set(&key, &a.encode_to_vec(), self.settings.agreement_ttl).await;
+        self.cache
+            .set(&key, &a.encode_to_vec(), self.settings.agreement_ttl)
+            .await;
         Ok(Some(a))
     }
 
     /// Splits the loan and reserves the partner's quota, atomically.
-    pub async fn reserve(&self, request_id: String, hash: String, r: pb::ReserveFundingRequest) -> ApiResult<pb::Loan> {
-        let agreement = self
-            .agreement(&r.partner_id)
-            .await?
-            .ok_or_else(|| ApiError::NoAgreement(format!("no co-lending agreement is in force for partner {}", r.partner_id)))?;
+    pub async fn reserve(
+        &self,
+        request_id: String,
+        hash: String,
+        r: pb::ReserveFundingRequest,
+    ) -> ApiResult<pb::Loan> {
+        let agreement = self.agreement(&r.partner_id).await?.ok_or_else(|| {
+            ApiError::NoAgreement(format!(
+                "no co-lending agreement is in force for partner {}",
+                r.partner_id
+            ))
+        })?;
         let principal = r.principal.clone().unwrap_or_default();
-        let currency = agreement.total_quota.as_ref().map(|m| m.currency_code.clone()).unwrap_or_default();
+        let currency = agreement
+            .total_quota
+            .as_ref()
+            .map(|m| m.currency_code.clone())
+            .unwrap_or_default();
         if principal.currency_code != currency {
-            return Err(ApiError::field("principal.currency_code", "must be the agreement's currency"));
+            return Err(ApiError::field(
+                "principal.currency_code",
+                "must be the agreement's currency",
+            ));
         }
         let split = domain::split(principal.minor_units, agreement.partner_share_bps as i64);
         let scope = format!("ReserveFunding:{}", r.partner_id);
@@ -456,7 +504,13 @@ impl Funding {
     }
 
     /// Voids a reservation and releases the quota.
-    pub async fn release(&self, request_id: String, hash: String, loan_id: String, reason: String) -> ApiResult<pb::Loan> {
+    pub async fn release(
+        &self,
+        request_id: String,
+        hash: String,
+        loan_id: String,
+        reason: String,
+    ) -> ApiResult<pb::Loan> {
         idempotency::run(&self.db, "ReleaseFunding".into(), request_id, hash, move |tx| {
             Box::pin(async move {
                 let mut l = load_loan(tx, &loan_id).await?.ok_or_else(|| ApiError::NotFound("loan".into()))?;
@@ -687,7 +741,9 @@ impl Funding {
                 acq::ApplicationStatus::Repaying,
                 format!(
                     "repayment of {} booked on {}",
-                    colend_core::money::format_minor(rep.amount.as_ref().map(|m| m.minor_units).unwrap_or(0)),
+                    colend_core::money::format_minor(
+                        rep.amount.as_ref().map(|m| m.minor_units).unwrap_or(0)
+                    ),
                     rep.value_date
                 ),
             );
@@ -696,7 +752,13 @@ impl Funding {
     }
 
     /// Tells acquisition about a loan event, retrying in the background.
-    fn notify(&self, event_id: String, loan: &pb::Loan, status: acq::ApplicationStatus, detail: String) {
+    fn notify(
+        &self,
+        event_id: String,
+        loan: &pb::Loan,
+        status: acq::ApplicationStatus,
+        detail: String,
+    ) {
         let mut client = self.acquisition.clone();
         let timeout = self.call_timeout;
         let msg = acq::RecordLoanEventRequest {
@@ -753,7 +815,11 @@ impl Funding {
             td += d;
             tc += c;
             balances.push(pb::AccountBalance {
-                funder: if funder == "BANK" { Funder::Bank } else { Funder::Partner } as i32,
+                funder: if funder == "BANK" {
+                    Funder::Bank
+                } else {
+                    Funder::Partner
+                } as i32,
                 account: r.get(1),
                 debits: money(d, &currency),
                 credits: money(c, &currency),

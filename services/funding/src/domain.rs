@@ -76,7 +76,13 @@ fn last_payment(principal: i64, n: i32, annual_bps: i64, m: i64) -> i64 {
 }
 
 /// The repayment schedule. Principal parts sum exactly to `principal`.
-pub fn schedule(principal: i64, n: i32, annual_bps: i64, method: Method, start: NaiveDate) -> Vec<Instalment> {
+pub fn schedule(
+    principal: i64,
+    n: i32,
+    annual_bps: i64,
+    method: Method,
+    start: NaiveDate,
+) -> Vec<Instalment> {
     assert!(n > 0 && principal >= 0 && annual_bps >= 0);
     let due = |k: i32| {
         start
@@ -88,7 +94,10 @@ pub fn schedule(principal: i64, n: i32, annual_bps: i64, method: Method, start: 
     match method {
         Method::EqualInstalment => {
             // Smallest level payment whose final instalment is not larger...
-            let (mut lo, mut hi) = (principal / n as i64, principal + monthly_interest(principal, annual_bps) * n as i64 + 1);
+            let (mut lo, mut hi) = (
+                principal / n as i64,
+                principal + monthly_interest(principal, annual_bps) * n as i64 + 1,
+            );
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
                 if last_payment(principal, n, annual_bps, mid) <= mid {
@@ -100,12 +109,25 @@ pub fn schedule(principal: i64, n: i32, annual_bps: i64, method: Method, start: 
             // Of that payment and one cent less, the one whose final
             // instalment comes closest to level.
             let gap = |m: i64| (last_payment(principal, n, annual_bps, m) - m).abs();
-            let level = if lo > 0 && gap(lo - 1) <= gap(lo) { lo - 1 } else { lo };
+            let level = if lo > 0 && gap(lo - 1) <= gap(lo) {
+                lo - 1
+            } else {
+                lo
+            };
             for k in 1..=n {
                 let i = monthly_interest(bal, annual_bps);
-                let p = if k == n { bal } else { (level - i).clamp(0, bal) };
+                let p = if k == n {
+                    bal
+                } else {
+                    (level - i).clamp(0, bal)
+                };
                 bal -= p;
-                out.push(Instalment { seq: k, due: due(k), principal: p, interest: i });
+                out.push(Instalment {
+                    seq: k,
+                    due: due(k),
+                    principal: p,
+                    interest: i,
+                });
             }
         }
         Method::EqualPrincipal => {
@@ -115,14 +137,24 @@ pub fn schedule(principal: i64, n: i32, annual_bps: i64, method: Method, start: 
                 let i = monthly_interest(bal, annual_bps);
                 let p = base + i64::from((k as i64) <= extra);
                 bal -= p;
-                out.push(Instalment { seq: k, due: due(k), principal: p, interest: i });
+                out.push(Instalment {
+                    seq: k,
+                    due: due(k),
+                    principal: p,
+                    interest: i,
+                });
             }
         }
         Method::InterestFirst => {
             for k in 1..=n {
                 let i = monthly_interest(principal, annual_bps);
                 let p = if k == n { principal } else { 0 };
-                out.push(Instalment { seq: k, due: due(k), principal: p, interest: i });
+                out.push(Instalment {
+                    seq: k,
+                    due: due(k),
+                    principal: p,
+                    interest: i,
+                });
             }
         }
     }
@@ -199,7 +231,10 @@ pub fn allocate(
             .map(|(s, (pp, ip))| (s.principal - pp) + (s.interest - ip))
             .sum::<i64>();
     if amount > outstanding {
-        return Err(WaterfallError::ExceedsOutstanding { amount, outstanding });
+        return Err(WaterfallError::ExceedsOutstanding {
+            amount,
+            outstanding,
+        });
     }
     let mut left = amount;
     let penalty = left.min(penalty_due);
@@ -243,7 +278,11 @@ pub fn allocate(
     let w_bank = split.bank as i128 * terms.bank_rate_bps as i128;
     let w_partner = split.partner as i128 * terms.partner_rate_bps as i128;
     after.partner_interest = if w_bank + w_partner == 0 {
-        if total_principal == 0 { 0 } else { mul_div_floor(after.interest, split.partner, total_principal) }
+        if total_principal == 0 {
+            0
+        } else {
+            mul_div_floor(after.interest, split.partner, total_principal)
+        }
     } else {
         (after.interest as i128 * w_partner / (w_bank + w_partner)) as i64
     };
@@ -257,7 +296,12 @@ pub fn allocate(
         interest: interest - partner.interest,
         principal: principal - partner.principal,
     };
-    Ok(Allocation { bank, partner, instalments: touched, after })
+    Ok(Allocation {
+        bank,
+        partner,
+        instalments: touched,
+        after,
+    })
 }
 
 #[cfg(test)]
@@ -287,11 +331,18 @@ mod tests {
     #[test]
     fn equal_principal_and_interest_first() {
         let s = schedule(1_000_003, 3, 1_200, Method::EqualPrincipal, d());
-        assert_eq!(s.iter().map(|i| i.principal).collect::<Vec<_>>(), vec![333_335, 333_334, 333_334]);
+        assert_eq!(
+            s.iter().map(|i| i.principal).collect::<Vec<_>>(),
+            vec![333_335, 333_334, 333_334]
+        );
         assert_eq!(s[0].interest, 10_000);
         let b = schedule(1_000_000, 6, 1_200, Method::InterestFirst, d());
         assert_eq!(b.iter().map(|i| i.principal).sum::<i64>(), 1_000_000);
-        assert!(b[..5].iter().all(|i| i.principal == 0 && i.interest == 10_000));
+        assert!(
+            b[..5]
+                .iter()
+                .all(|i| i.principal == 0 && i.interest == 10_000)
+        );
     }
 
     #[test]
@@ -305,17 +356,28 @@ mod tests {
     fn waterfall_pays_interest_before_principal() {
         let s = schedule(1_000_000, 2, 1_200, Method::EqualPrincipal, d());
         let sp = split(1_000_000, 3_000);
-        let t = Terms { partner_share_bps: 3_000, bank_rate_bps: 1_000, partner_rate_bps: 1_800 };
+        let t = Terms {
+            partner_share_bps: 3_000,
+            bank_rate_bps: 1_000,
+            partner_rate_bps: 1_800,
+        };
         let a = allocate(5_000, &s, sp, &t, &Paid::default(), 0).unwrap();
         assert_eq!(a.bank.principal + a.partner.principal, 0);
         assert_eq!(a.bank.interest + a.partner.interest, 5_000);
         // Interest weights: bank 700,000 × 1000, partner 300,000 × 1800.
         assert_eq!(a.partner.interest, 5_000 * 540 / 1240);
-        assert!(matches!(allocate(2_000_000, &s, sp, &t, &Paid::default(), 0), Err(WaterfallError::ExceedsOutstanding { .. })));
+        assert!(matches!(
+            allocate(2_000_000, &s, sp, &t, &Paid::default(), 0),
+            Err(WaterfallError::ExceedsOutstanding { .. })
+        ));
     }
 
     fn method() -> impl Strategy<Value = Method> {
-        prop_oneof![Just(Method::EqualInstalment), Just(Method::EqualPrincipal), Just(Method::InterestFirst)]
+        prop_oneof![
+            Just(Method::EqualInstalment),
+            Just(Method::EqualPrincipal),
+            Just(Method::InterestFirst)
+        ]
     }
 
     proptest! {

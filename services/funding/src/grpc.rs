@@ -1,7 +1,10 @@
 //! The gRPC face of funding.
 use crate::app::Funding;
 use colend_contracts::common::v1::{Money, RepaymentMethod};
-use colend_contracts::funding::v1::{self as pb, funding_service_server::{FundingService, FundingServiceServer}};
+use colend_contracts::funding::v1::{
+    self as pb,
+    funding_service_server::{FundingService, FundingServiceServer},
+};
 use colend_core::request_id::validate_request_id;
 use colend_platform::idempotency::request_hash;
 use colend_platform::time::parse_date;
@@ -27,17 +30,31 @@ fn check_money(v: &mut Violations, field: &str, m: &Option<Money>, positive: boo
         None => v.add(field, "is required"),
         Some(m) => {
             if m.minor_units < 0 || (positive && m.minor_units == 0) {
-                v.add(&format!("{field}.minor_units"), if positive { "must be positive" } else { "must not be negative" });
+                v.add(
+                    &format!("{field}.minor_units"),
+                    if positive {
+                        "must be positive"
+                    } else {
+                        "must not be negative"
+                    },
+                );
             }
             if colend_core::Currency::parse(&m.currency_code).is_err() {
-                v.add(&format!("{field}.currency_code"), "must be an ISO 4217 code such as CNY");
+                v.add(
+                    &format!("{field}.currency_code"),
+                    "must be an ISO 4217 code such as CNY",
+                );
             }
         }
     }
 }
 
 fn check_id(v: &mut Violations, field: &str, id: &str) {
-    v.check(!id.is_empty() && id.len() <= 64, field, "must be 1 to 64 characters");
+    v.check(
+        !id.is_empty() && id.len() <= 64,
+        field,
+        "must be 1 to 64 characters",
+    );
 }
 
 #[tonic::async_trait]
@@ -52,20 +69,46 @@ impl FundingService for FundingGrpc {
         let Some(a) = r.agreement.clone() else {
             return Err(ApiError::field("agreement", "is required").into());
         };
-        v.check(caller::valid_partner_id(&a.partner_id), "agreement.partner_id", "must be 1 to 64 characters of letters, digits, '-' or '_'");
-        v.check((0..=10_000).contains(&a.partner_share_bps), "agreement.partner_share_bps", "must be 0 to 10000");
-        v.check((0..=10_000).contains(&a.bank_rate_bps), "agreement.bank_rate_bps", "must be 0 to 10000");
-        v.check((0..=10_000).contains(&a.partner_rate_bps), "agreement.partner_rate_bps", "must be 0 to 10000");
+        v.check(
+            caller::valid_partner_id(&a.partner_id),
+            "agreement.partner_id",
+            "must be 1 to 64 characters of letters, digits, '-' or '_'",
+        );
+        v.check(
+            (0..=10_000).contains(&a.partner_share_bps),
+            "agreement.partner_share_bps",
+            "must be 0 to 10000",
+        );
+        v.check(
+            (0..=10_000).contains(&a.bank_rate_bps),
+            "agreement.bank_rate_bps",
+            "must be 0 to 10000",
+        );
+        v.check(
+            (0..=10_000).contains(&a.partner_rate_bps),
+            "agreement.partner_rate_bps",
+            "must be 0 to 10000",
+        );
         check_money(&mut v, "agreement.daily_quota", &a.daily_quota, false);
         check_money(&mut v, "agreement.total_quota", &a.total_quota, false);
         if let (Some(d), Some(t)) = (&a.daily_quota, &a.total_quota) {
-            v.check(d.currency_code == t.currency_code, "agreement.daily_quota.currency_code", "must match total_quota");
+            v.check(
+                d.currency_code == t.currency_code,
+                "agreement.daily_quota.currency_code",
+                "must match total_quota",
+            );
         }
-        v.check(parse_date(&a.effective_from).is_some(), "agreement.effective_from", "must be a date YYYY-MM-DD");
+        v.check(
+            parse_date(&a.effective_from).is_some(),
+            "agreement.effective_from",
+            "must be a date YYYY-MM-DD",
+        );
         v.into_result()?;
         let hash = request_hash(&r);
         let stored = self.app.upsert_agreement(r.request_id, hash, a).await?;
-        Ok(Response::new(pb::UpsertAgreementResponse { agreement: Some(stored) }))
+        Ok(Response::new(pb::UpsertAgreementResponse {
+            agreement: Some(stored),
+        }))
     }
 
     async fn get_agreement(
@@ -78,7 +121,9 @@ impl FundingService for FundingGrpc {
             .agreement(&r.partner_id)
             .await?
             .ok_or_else(|| ApiError::NotFound("agreement".into()))?;
-        Ok(Response::new(pb::GetAgreementResponse { agreement: Some(a) }))
+        Ok(Response::new(pb::GetAgreementResponse {
+            agreement: Some(a),
+        }))
     }
 
     async fn reserve_funding(
@@ -90,14 +135,28 @@ impl FundingService for FundingGrpc {
         let mut v = Violations::new();
         check_request_id(&mut v, &r.request_id);
         check_id(&mut v, "application_id", &r.application_id);
-        v.check(r.partner_id == caller, "partner_id", "must be the calling partner");
+        v.check(
+            r.partner_id == caller,
+            "partner_id",
+            "must be the calling partner",
+        );
         check_money(&mut v, "principal", &r.principal, true);
-        v.check((1..=360).contains(&r.term_months), "term_months", "must be 1 to 360");
-        v.check((0..=10_000).contains(&r.annual_rate_bps), "annual_rate_bps", "must be 0 to 10000");
+        v.check(
+            (1..=360).contains(&r.term_months),
+            "term_months",
+            "must be 1 to 360",
+        );
+        v.check(
+            (0..=10_000).contains(&r.annual_rate_bps),
+            "annual_rate_bps",
+            "must be 0 to 10000",
+        );
         v.check(
             matches!(
                 RepaymentMethod::try_from(r.repayment_method),
-                Ok(RepaymentMethod::EqualInstalment | RepaymentMethod::EqualPrincipal | RepaymentMethod::InterestFirst)
+                Ok(RepaymentMethod::EqualInstalment
+                    | RepaymentMethod::EqualPrincipal
+                    | RepaymentMethod::InterestFirst)
             ),
             "repayment_method",
             "must be EQUAL_INSTALMENT, EQUAL_PRINCIPAL or INTEREST_FIRST",
@@ -105,7 +164,9 @@ impl FundingService for FundingGrpc {
         v.into_result()?;
         let hash = request_hash(&r);
         let loan = self.app.reserve(r.request_id.clone(), hash, r).await?;
-        Ok(Response::new(pb::ReserveFundingResponse { loan: Some(loan) }))
+        Ok(Response::new(pb::ReserveFundingResponse {
+            loan: Some(loan),
+        }))
     }
 
     async fn release_funding(
@@ -116,11 +177,20 @@ impl FundingService for FundingGrpc {
         let mut v = Violations::new();
         check_request_id(&mut v, &r.request_id);
         check_id(&mut v, "loan_id", &r.loan_id);
-        v.check(r.reason.chars().count() <= 500, "reason", "must be at most 500 characters");
+        v.check(
+            r.reason.chars().count() <= 500,
+            "reason",
+            "must be at most 500 characters",
+        );
         v.into_result()?;
         let hash = request_hash(&r);
-        let loan = self.app.release(r.request_id, hash, r.loan_id, r.reason).await?;
-        Ok(Response::new(pb::ReleaseFundingResponse { loan: Some(loan) }))
+        let loan = self
+            .app
+            .release(r.request_id, hash, r.loan_id, r.reason)
+            .await?;
+        Ok(Response::new(pb::ReleaseFundingResponse {
+            loan: Some(loan),
+        }))
     }
 
     async fn book_disbursement(
@@ -138,9 +208,17 @@ impl FundingService for FundingGrpc {
         let hash = request_hash(&r);
         let loan = self
             .app
-            .book_disbursement(r.request_id, hash, r.loan_id, date.unwrap_or_default(), r.bank_transaction_ref)
+            .book_disbursement(
+                r.request_id,
+                hash,
+                r.loan_id,
+                date.unwrap_or_default(),
+                r.bank_transaction_ref,
+            )
             .await?;
-        Ok(Response::new(pb::BookDisbursementResponse { loan: Some(loan) }))
+        Ok(Response::new(pb::BookDisbursementResponse {
+            loan: Some(loan),
+        }))
     }
 
     async fn book_repayment(
@@ -171,7 +249,10 @@ impl FundingService for FundingGrpc {
         Ok(Response::new(resp))
     }
 
-    async fn get_loan(&self, request: Request<pb::GetLoanRequest>) -> Result<Response<pb::GetLoanResponse>, Status> {
+    async fn get_loan(
+        &self,
+        request: Request<pb::GetLoanRequest>,
+    ) -> Result<Response<pb::GetLoanResponse>, Status> {
         let caller = caller::partner_id(&request)?;
         let r = request.into_inner();
         let loan = self.app.get_loan(&caller, &r.loan_id).await?;

@@ -16,7 +16,13 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "funding", &MIGRATOR).await?;
     let acquisition = colend_platform::grpc::channel(&mesh.endpoints.acquisition)?;
-    let app = app::Funding::new(db, mesh.cache.clone(), acquisition, mesh.call_timeout, app::Settings::from_env()?);
+    let app = app::Funding::new(
+        db,
+        mesh.cache.clone(),
+        acquisition,
+        mesh.call_timeout,
+        app::Settings::from_env()?,
+    );
     let server = grpc::server(app);
     Ok(Registered::new(SERVICE, move |routes| {
         routes.add_service(server);

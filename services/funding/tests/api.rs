@@ -5,7 +5,10 @@ use colend_testkit::{BOTH, Backend, TestServer, as_bank, as_partner, reason, vio
 use tonic::Code;
 
 fn cny(m: i64) -> Option<Money> {
-    Some(Money { minor_units: m, currency_code: "CNY".into() })
+    Some(Money {
+        minor_units: m,
+        currency_code: "CNY".into(),
+    })
 }
 
 fn agreement(partner: &str, share: i32, total_quota: i64) -> pb::Agreement {
@@ -14,7 +17,7 @@ fn agreement(partner: &str, share: i32, total_quota: i64) -> pb::Agreement {
         partner_share_bps: share,
         bank_rate_bps: 900,
         partner_rate_bps: 1_100,
-        daily_quota: cny(1_000_000_000_00),
+        daily_quota: cny(1_000_000_000 * 100),
         total_quota: cny(total_quota),
         effective_from: "2026-01-01".into(),
         ..Default::default()
@@ -38,27 +41,52 @@ fn m(x: &Option<Money>) -> i64 {
 }
 
 async fn scenario(backend: Backend) {
-    let s = TestServer::start(backend, |mesh| async move { Ok(vec![colend_funding::register(mesh).await?]) }).await;
+    let s = TestServer::start(backend, |mesh| async move {
+        Ok(vec![colend_funding::register(mesh).await?])
+    })
+    .await;
     colend_testkit::assert_serving(s.channel.clone(), colend_funding::SERVICE).await;
     let mut c = FundingServiceClient::new(s.channel.clone());
 
     // Rule C1: a partner share below 30% is refused.
-    let e = c.upsert_agreement(as_bank(pb::UpsertAgreementRequest { request_id: "a0".into(), agreement: Some(agreement("p1", 2_999, 1)) })).await.unwrap_err();
+    let e = c
+        .upsert_agreement(as_bank(pb::UpsertAgreementRequest {
+            request_id: "a0".into(),
+            agreement: Some(agreement("p1", 2_999, 1)),
+        }))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&e), vec!["agreement.partner_share_bps"]);
-    let e = c.reserve_funding(as_partner("p1", reserve("p1", "x", 100))).await.unwrap_err();
+    let e = c
+        .reserve_funding(as_partner("p1", reserve("p1", "x", 100)))
+        .await
+        .unwrap_err();
     assert_eq!(reason(&e), "NO_AGREEMENT");
 
     // Capacity for exactly 20 loans of 100,000.00 at a 30% share: 40 racing reservations get exactly 20.
-    c.upsert_agreement(as_bank(pb::UpsertAgreementRequest { request_id: "a1".into(), agreement: Some(agreement("p1", 3_000, 20 * 3_000_000)) }))
-        .await
-        .unwrap();
+    c.upsert_agreement(as_bank(pb::UpsertAgreementRequest {
+        request_id: "a1".into(),
+        agreement: Some(agreement("p1", 3_000, 20 * 3_000_000)),
+    }))
+    .await
+    .unwrap();
     let results = futures::future::join_all((0..40).map(|i| {
         let mut c = c.clone();
-        async move { c.reserve_funding(as_partner("p1", reserve("p1", &format!("app{i}"), 10_000_000))).await }
+        async move {
+            c.reserve_funding(as_partner(
+                "p1",
+                reserve("p1", &format!("app{i}"), 10_000_000),
+            ))
+            .await
+        }
     }))
     .await;
-    let ok: Vec<pb::Loan> = results.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.get_ref().loan.clone().unwrap()).collect();
+    let ok: Vec<pb::Loan> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|r| r.get_ref().loan.clone().unwrap())
+        .collect();
     assert_eq!(ok.len(), 20, "exactly the capacity is reserved");
     for r in results.iter().filter_map(|r| r.as_ref().err()) {
         assert_eq!(r.code(), Code::ResourceExhausted);
@@ -69,13 +97,33 @@ async fn scenario(backend: Backend) {
         assert_eq!(m(&l.partner_amount), 3_000_000);
     }
     // A replayed reservation returns the same loan; a refused one stays refused.
-    let again = c.reserve_funding(as_partner("p1", reserve("p1", &ok[0].application_id, 10_000_000))).await.unwrap().into_inner().loan.unwrap();
+    let again = c
+        .reserve_funding(as_partner(
+            "p1",
+            reserve("p1", &ok[0].application_id, 10_000_000),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .loan
+        .unwrap();
     assert_eq!(again.loan_id, ok[0].loan_id);
 
     // Releasing one frees room for exactly one more.
-    c.release_funding(as_bank(pb::ReleaseFundingRequest { request_id: "rel1".into(), loan_id: ok[1].loan_id.clone(), reason: "test".into() })).await.unwrap();
-    c.reserve_funding(as_partner("p1", reserve("p1", "late", 10_000_000))).await.unwrap();
-    let e = c.reserve_funding(as_partner("p1", reserve("p1", "later", 10_000_000))).await.unwrap_err();
+    c.release_funding(as_bank(pb::ReleaseFundingRequest {
+        request_id: "rel1".into(),
+        loan_id: ok[1].loan_id.clone(),
+        reason: "test".into(),
+    }))
+    .await
+    .unwrap();
+    c.reserve_funding(as_partner("p1", reserve("p1", "late", 10_000_000)))
+        .await
+        .unwrap();
+    let e = c
+        .reserve_funding(as_partner("p1", reserve("p1", "later", 10_000_000)))
+        .await
+        .unwrap_err();
     assert_eq!(reason(&e), "QUOTA_EXCEEDED");
 
     // Disbursement generates the schedule; a repayment is split exactly.
@@ -92,9 +140,17 @@ async fn scenario(backend: Backend) {
         .loan
         .unwrap();
     assert_eq!(loan.schedule.len(), 12);
-    assert_eq!(loan.schedule.iter().map(|i| m(&i.principal)).sum::<i64>(), 10_000_000);
+    assert_eq!(
+        loan.schedule.iter().map(|i| m(&i.principal)).sum::<i64>(),
+        10_000_000
+    );
     let e = c
-        .book_disbursement(as_bank(pb::BookDisbursementRequest { request_id: "d2".into(), loan_id: ok[0].loan_id.clone(), value_date: "2026-11-23".into(), bank_transaction_ref: "BNK-2".into() }))
+        .book_disbursement(as_bank(pb::BookDisbursementRequest {
+            request_id: "d2".into(),
+            loan_id: ok[0].loan_id.clone(),
+            value_date: "2026-11-23".into(),
+            bank_transaction_ref: "BNK-2".into(),
+        }))
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "INVALID_STATE");
@@ -111,11 +167,16 @@ async fn scenario(backend: Backend) {
         .unwrap()
         .into_inner();
     let r = rep.repayment.unwrap();
-    assert_eq!(r.allocations.iter().map(|a| m(&a.amount)).sum::<i64>(), first);
+    assert_eq!(
+        r.allocations.iter().map(|a| m(&a.amount)).sum::<i64>(),
+        first
+    );
     let partner_interest: i64 = r
         .allocations
         .iter()
-        .filter(|a| a.funder == Funder::Partner as i32 && a.component == pb::Component::Interest as i32)
+        .filter(|a| {
+            a.funder == Funder::Partner as i32 && a.component == pb::Component::Interest as i32
+        })
         .map(|a| m(&a.amount))
         .sum();
     assert!(partner_interest > 0);
@@ -123,18 +184,47 @@ async fn scenario(backend: Backend) {
     assert!(m(&after.bank_outstanding) + m(&after.partner_outstanding) < 10_000_000);
     // More than is owed is refused.
     let e = c
-        .book_repayment(as_bank(pb::BookRepaymentRequest { request_id: "rp2".into(), loan_id: loan.loan_id.clone(), amount: cny(50_000_000), value_date: "2026-12-23".into(), bank_transaction_ref: "BNK-R2".into() }))
+        .book_repayment(as_bank(pb::BookRepaymentRequest {
+            request_id: "rp2".into(),
+            loan_id: loan.loan_id.clone(),
+            amount: cny(50_000_000),
+            value_date: "2026-12-23".into(),
+            bank_transaction_ref: "BNK-R2".into(),
+        }))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
     // The ledger balances; the partner sees its loan and nobody else does.
-    let tb = c.get_trial_balance(as_bank(pb::GetTrialBalanceRequest {})).await.unwrap().into_inner();
+    let tb = c
+        .get_trial_balance(as_bank(pb::GetTrialBalanceRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(m(&tb.total_debits), m(&tb.total_credits));
     assert!(m(&tb.total_debits) > 0);
-    let seen = c.get_loan(as_partner("p1", pb::GetLoanRequest { loan_id: loan.loan_id.clone() })).await.unwrap().into_inner().loan.unwrap();
+    let seen = c
+        .get_loan(as_partner(
+            "p1",
+            pb::GetLoanRequest {
+                loan_id: loan.loan_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .loan
+        .unwrap();
     assert_eq!(seen.repayments.len(), 1);
-    let e = c.get_loan(as_partner("p2", pb::GetLoanRequest { loan_id: loan.loan_id.clone() })).await.unwrap_err();
+    let e = c
+        .get_loan(as_partner(
+            "p2",
+            pb::GetLoanRequest {
+                loan_id: loan.loan_id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     s.stop().await;
 }

@@ -76,9 +76,10 @@ impl Kyc {
 
     /// Reloads the watchlist snapshot from storage.
     pub async fn refresh_watchlist(&self) -> anyhow::Result<()> {
-        let rows = sqlx::query("SELECT kind, name, normalized_name, created_at FROM watchlist_entries")
-            .fetch_all(&self.db.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT kind, name, normalized_name, created_at FROM watchlist_entries")
+                .fetch_all(&self.db.pool)
+                .await?;
         let mut max = 0i64;
         let entries: Vec<ListedName> = rows
             .iter()
@@ -117,10 +118,21 @@ impl Kyc {
     }
 
     /// Checks a borrower; a repeat within the cache window is served from cache.
-    pub async fn check(&self, request_id: String, hash: String, input: CheckInput) -> ApiResult<pb::KycCheck> {
+    pub async fn check(
+        &self,
+        request_id: String,
+        hash: String,
+        input: CheckInput,
+    ) -> ApiResult<pb::KycCheck> {
         let subject_key = self.key.index(
             "kyc-subject",
-            &[&input.resident_id, &input.credit_code, &input.person_name, &input.business_name, &input.mobile],
+            &[
+                &input.resident_id,
+                &input.credit_code,
+                &input.person_name,
+                &input.business_name,
+                &input.mobile,
+            ],
         );
         let (version, lists) = self.snapshot();
         // The cache key is a blind index: no personal data in clear.
@@ -139,16 +151,14 @@ impl Kyc {
                     c.from_cache = true;
                     return Ok(c);
                 }
-                let f = domain::check(
-                    &input.person_name,
-                    &input.resident_id,
-                    &input.mobile,
-                    &input.business_name,
-                    &input.credit_code,
-                    today(),
-                    &lists,
-                    &rules,
-                );
+                let subject = domain::Subject {
+                    person_name: &input.person_name,
+                    resident_id: &input.resident_id,
+                    mobile: &input.mobile,
+                    business_name: &input.business_name,
+                    credit_code: &input.credit_code,
+                };
+                let f = domain::check(&subject, today(), &lists, &rules);
                 let now = now_millis();
                 let check = pb::KycCheck {
                     check_id: format!("kyc_{}", uuid::Uuid::now_v7().simple()),
@@ -248,7 +258,11 @@ impl Kyc {
     }
 
     /// Watchlist entries in id order, keyset-paginated by entry id.
-    pub async fn list_watchlist(&self, page_size: i64, after: &str) -> ApiResult<(Vec<pb::WatchlistEntry>, String)> {
+    pub async fn list_watchlist(
+        &self,
+        page_size: i64,
+        after: &str,
+    ) -> ApiResult<(Vec<pb::WatchlistEntry>, String)> {
         let rows = sqlx::query(
             "SELECT entry_id, kind, name, note, created_at FROM watchlist_entries WHERE entry_id > $1 ORDER BY entry_id LIMIT $2",
         )
@@ -268,7 +282,10 @@ impl Kyc {
             .collect();
         let next = if entries.len() as i64 > page_size {
             entries.truncate(page_size as usize);
-            entries.last().map(|e| e.entry_id.clone()).unwrap_or_default()
+            entries
+                .last()
+                .map(|e| e.entry_id.clone())
+                .unwrap_or_default()
         } else {
             String::new()
         };

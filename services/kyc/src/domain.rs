@@ -115,17 +115,30 @@ pub fn screen(subject: &'static str, name: &str, lists: &[ListedName], threshold
         .collect()
 }
 
+/// Who is checked: the legal representative and the business.
+#[derive(Clone, Copy, Debug)]
+pub struct Subject<'a> {
+    pub person_name: &'a str,
+    pub resident_id: &'a str,
+    pub mobile: &'a str,
+    pub business_name: &'a str,
+    pub credit_code: &'a str,
+}
+
 /// Runs every check on a borrower.
 pub fn check(
-    person_name: &str,
-    resident_id: &str,
-    mobile: &str,
-    business_name: &str,
-    credit_code: &str,
+    subject: &Subject<'_>,
     today: NaiveDate,
     lists: &[ListedName],
     rules: &Rules,
 ) -> Finding {
+    let Subject {
+        person_name,
+        resident_id,
+        mobile,
+        business_name,
+        credit_code,
+    } = *subject;
     let mut reasons = Vec::new();
     let mut age = 0;
     let mut person_region = String::new();
@@ -156,7 +169,12 @@ pub fn check(
         reasons.push("MOBILE_INVALID".to_string());
     }
     let mut hits = screen("person", person_name, lists, rules.match_threshold);
-    hits.extend(screen("business", business_name, lists, rules.match_threshold));
+    hits.extend(screen(
+        "business",
+        business_name,
+        lists,
+        rules.match_threshold,
+    ));
     if !hits.is_empty() {
         reasons.push("WATCHLIST_HIT".to_string());
     }
@@ -201,7 +219,18 @@ mod tests {
     #[test]
     fn passes_a_clean_borrower() {
         let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
-        let f = check("王小明", "11010519491231002X", "13812345678", "星河贸易有限公司", &cc(), today, &[], &rules());
+        let f = check(
+            &Subject {
+                person_name: "王小明",
+                resident_id: "11010519491231002X",
+                mobile: "13812345678",
+                business_name: "星河贸易有限公司",
+                credit_code: &cc(),
+            },
+            today,
+            &[],
+            &rules(),
+        );
         assert!(f.passed(), "{f:?}");
         assert_eq!(f.age, 76);
         assert_eq!(f.person_region, "110105");
@@ -216,7 +245,18 @@ mod tests {
             name: "Star River Trading Co Ltd".into(),
             normalized: normalize_name("Star River Trading Co Ltd"),
         }];
-        let f = check("Li Lei", "11010519491231002X", "13812345678", "Star-River Trading Limited", &cc(), today, &lists, &rules());
+        let f = check(
+            &Subject {
+                person_name: "Li Lei",
+                resident_id: "11010519491231002X",
+                mobile: "13812345678",
+                business_name: "Star-River Trading Limited",
+                credit_code: &cc(),
+            },
+            today,
+            &lists,
+            &rules(),
+        );
         assert_eq!(f.reason_codes, vec!["WATCHLIST_HIT"]);
         assert_eq!(f.hits[0].subject, "business");
     }
@@ -224,11 +264,40 @@ mod tests {
     #[test]
     fn invalid_identifiers_and_minors_are_rejected() {
         let today = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
-        let f = check("A", "110105194912310021", "23812345678", "B", "91350100M000100Y4X", today, &[], &rules());
-        assert_eq!(f.reason_codes, vec!["RESIDENT_ID_INVALID", "CREDIT_CODE_INVALID", "MOBILE_INVALID"]);
+        let f = check(
+            &Subject {
+                person_name: "A",
+                resident_id: "110105194912310021",
+                mobile: "23812345678",
+                business_name: "B",
+                credit_code: "91350100M000100Y4X",
+            },
+            today,
+            &[],
+            &rules(),
+        );
+        assert_eq!(
+            f.reason_codes,
+            vec![
+                "RESIDENT_ID_INVALID",
+                "CREDIT_CODE_INVALID",
+                "MOBILE_INVALID"
+            ]
+        );
         let body = "11010520150101001";
         let minor = format!("{body}{}", ResidentId::check_char(body).unwrap());
-        let f = check("A", &minor, "13812345678", "B", &cc(), today, &[], &rules());
+        let f = check(
+            &Subject {
+                person_name: "A",
+                resident_id: &minor,
+                mobile: "13812345678",
+                business_name: "B",
+                credit_code: &cc(),
+            },
+            today,
+            &[],
+            &rules(),
+        );
         assert_eq!(f.reason_codes, vec!["UNDERAGE"]);
     }
 }

@@ -1,6 +1,9 @@
 //! The gRPC face of KYC: validate, convert, call the use case, convert back.
 use crate::app::{CheckInput, Kyc};
-use colend_contracts::kyc::v1::{self as pb, kyc_service_server::{KycService, KycServiceServer}};
+use colend_contracts::kyc::v1::{
+    self as pb,
+    kyc_service_server::{KycService, KycServiceServer},
+};
 use colend_core::request_id::validate_request_id;
 use colend_platform::idempotency::request_hash;
 use colend_platform::{ApiError, Violations, caller, paging};
@@ -64,7 +67,9 @@ impl KycService for KycGrpc {
                 },
             )
             .await?;
-        Ok(Response::new(pb::CheckBorrowerResponse { check: Some(check) }))
+        Ok(Response::new(pb::CheckBorrowerResponse {
+            check: Some(check),
+        }))
     }
 
     async fn get_check(
@@ -90,20 +95,34 @@ impl KycService for KycGrpc {
         v.check(
             matches!(
                 pb::WatchlistKind::try_from(r.kind),
-                Ok(pb::WatchlistKind::Sanctions | pb::WatchlistKind::BankBlacklist | pb::WatchlistKind::Fraud)
+                Ok(pb::WatchlistKind::Sanctions
+                    | pb::WatchlistKind::BankBlacklist
+                    | pb::WatchlistKind::Fraud)
             ),
             "kind",
             "must be SANCTIONS, BANK_BLACKLIST or FRAUD",
         );
         check_text(&mut v, "name", &r.name, 128);
-        v.check(r.note.chars().count() <= 500, "note", "must be at most 500 characters");
+        v.check(
+            r.note.chars().count() <= 500,
+            "note",
+            "must be at most 500 characters",
+        );
         v.into_result()?;
         let hash = request_hash(&r);
         let entry = self
             .app
-            .add_watchlist_entry(r.request_id, hash, r.kind, r.name.trim().to_string(), r.note)
+            .add_watchlist_entry(
+                r.request_id,
+                hash,
+                r.kind,
+                r.name.trim().to_string(),
+                r.note,
+            )
             .await?;
-        Ok(Response::new(pb::AddWatchlistEntryResponse { entry: Some(entry) }))
+        Ok(Response::new(pb::AddWatchlistEntryResponse {
+            entry: Some(entry),
+        }))
     }
 
     async fn list_watchlist_entries(

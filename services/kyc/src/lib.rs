@@ -16,7 +16,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Connects storage, runs migrations, and returns the service ready to serve.
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "kyc", &MIGRATOR).await?;
-    let app = app::Kyc::new(db, mesh.cache.clone(), mesh.blind_key.clone(), app::Settings::from_env()?);
+    let app = app::Kyc::new(
+        db,
+        mesh.cache.clone(),
+        mesh.blind_key.clone(),
+        app::Settings::from_env()?,
+    );
     app.refresh_watchlist().await?;
     app.spawn_refresher();
     let server = grpc::server(app);

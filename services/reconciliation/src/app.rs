@@ -30,7 +30,10 @@ fn class_pb(c: Class) -> pb::BreakClass {
 }
 
 fn money(m: i64, c: &str) -> Option<Money> {
-    Some(Money { minor_units: m, currency_code: c.to_string() })
+    Some(Money {
+        minor_units: m,
+        currency_code: c.to_string(),
+    })
 }
 
 impl Reconciliation {
@@ -39,7 +42,12 @@ impl Reconciliation {
     }
 
     /// Stores a validated batch of one side's records.
-    pub async fn ingest(&self, request_id: String, hash: String, r: pb::IngestRecordsRequest) -> ApiResult<i32> {
+    pub async fn ingest(
+        &self,
+        request_id: String,
+        hash: String,
+        r: pb::IngestRecordsRequest,
+    ) -> ApiResult<i32> {
         let scope = format!("IngestRecords:{}", r.partner_id);
         let resp = idempotency::run(&self.db, scope, request_id, hash, move |tx| {
             Box::pin(async move {
@@ -75,7 +83,12 @@ impl Reconciliation {
         Ok(resp.accepted)
     }
 
-    async fn load(&self, partner_id: &str, date: &str, side: &str) -> ApiResult<(Vec<Rec>, String)> {
+    async fn load(
+        &self,
+        partner_id: &str,
+        date: &str,
+        side: &str,
+    ) -> ApiResult<(Vec<Rec>, String)> {
         let rows = sqlx::query(
             "SELECT kind, transaction_id, loan_id, value_date, amount, bank_portion, partner_portion, currency \
              FROM recon_records WHERE partner_id = $1 AND business_date = $2 AND side = $3",
@@ -92,7 +105,11 @@ impl Reconciliation {
                 currency = r.get(7);
                 let kind: String = r.get(0);
                 Rec {
-                    kind: if kind == "DISBURSEMENT" { Kind::Disbursement } else { Kind::Repayment },
+                    kind: if kind == "DISBURSEMENT" {
+                        Kind::Disbursement
+                    } else {
+                        Kind::Repayment
+                    },
                     transaction_id: r.get(1),
                     loan_id: r.get(2),
                     value_date: r.get(3),
@@ -106,10 +123,20 @@ impl Reconciliation {
     }
 
     /// Reconciles a partner's day and stores the run and its breaks.
-    pub async fn run(&self, request_id: String, hash: String, partner_id: String, date: String) -> ApiResult<pb::Run> {
+    pub async fn run(
+        &self,
+        request_id: String,
+        hash: String,
+        partner_id: String,
+        date: String,
+    ) -> ApiResult<pb::Run> {
         let (bank, c1) = self.load(&partner_id, &date, "BANK").await?;
         let (partner, c2) = self.load(&partner_id, &date, "PARTNER").await?;
-        let currency = if c1.is_empty() { if c2.is_empty() { "CNY".to_string() } else { c2 } } else { c1 };
+        let currency = if c1.is_empty() {
+            if c2.is_empty() { "CNY".to_string() } else { c2 }
+        } else {
+            c1
+        };
         let outcome = domain::reconcile(&bank, &partner);
         let scope = format!("RunReconciliation:{partner_id}");
         idempotency::run(&self.db, scope, request_id, hash, move |tx| {
@@ -175,11 +202,17 @@ impl Reconciliation {
     }
 
     /// A run's breaks, keyset-paginated by break id.
-    pub async fn breaks(&self, run_id: &str, page_size: i64, after: &str) -> ApiResult<(Vec<pb::Break>, String)> {
-        let exists: Option<(String,)> = sqlx::query_as("SELECT run_id FROM recon_runs WHERE run_id = $1")
-            .bind(run_id)
-            .fetch_optional(&self.db.pool)
-            .await?;
+    pub async fn breaks(
+        &self,
+        run_id: &str,
+        page_size: i64,
+        after: &str,
+    ) -> ApiResult<(Vec<pb::Break>, String)> {
+        let exists: Option<(String,)> =
+            sqlx::query_as("SELECT run_id FROM recon_runs WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
         if exists.is_none() {
             return Err(ApiError::NotFound("run".into()));
         }
@@ -200,7 +233,8 @@ impl Reconciliation {
                 pb::Break {
                     break_id: r.get(0),
                     break_class: pb::BreakClass::from_str_name(&format!("BREAK_CLASS_{class}"))
-                        .unwrap_or(pb::BreakClass::Unspecified) as i32,
+                        .unwrap_or(pb::BreakClass::Unspecified)
+                        as i32,
                     transaction_id: r.get(2),
                     loan_id: r.get(3),
                     bank_amount: money(r.get(5), &c),

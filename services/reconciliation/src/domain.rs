@@ -128,7 +128,14 @@ pub fn reconcile(bank: &[Rec], partner: &[Rec]) -> Outcome {
         let loan = first.map(|r| r.loan_id.clone()).unwrap_or_default();
         let sum = |v: &[&Rec]| v.iter().map(|r| r.amount).sum::<i64>();
         let (class, detail) = if b.len() > 1 || p.len() > 1 {
-            (Class::Duplicate, format!("{} bank and {} partner records share the transaction id", b.len(), p.len()))
+            (
+                Class::Duplicate,
+                format!(
+                    "{} bank and {} partner records share the transaction id",
+                    b.len(),
+                    p.len()
+                ),
+            )
         } else if b.is_empty() {
             (Class::MissingOnBankSide, "no bank record".to_string())
         } else if p.is_empty() {
@@ -137,12 +144,19 @@ pub fn reconcile(bank: &[Rec], partner: &[Rec]) -> Outcome {
             let d = differences(b[0], p[0]);
             if d.is_empty() {
                 match b[0].kind {
-                    Kind::Disbursement => out.settlement.partner_disbursement_share += b[0].partner_portion,
-                    Kind::Repayment => out.settlement.partner_repayment_share += b[0].partner_portion,
+                    Kind::Disbursement => {
+                        out.settlement.partner_disbursement_share += b[0].partner_portion
+                    }
+                    Kind::Repayment => {
+                        out.settlement.partner_repayment_share += b[0].partner_portion
+                    }
                 }
                 (Class::Matched, String::new())
             } else {
-                (Class::AmountMismatch, format!("differs in {}", d.join(", ")))
+                (
+                    Class::AmountMismatch,
+                    format!("differs in {}", d.join(", ")),
+                )
             }
         };
         out.items.push(Item {

@@ -25,8 +25,16 @@ fn check_common(v: &mut Violations, request_id: &str, partner_id: &str, date: &s
     if let Err(e) = validate_request_id(request_id) {
         v.add("request_id", e);
     }
-    v.check(caller::valid_partner_id(partner_id), "partner_id", "must be 1 to 64 characters of letters, digits, '-' or '_'");
-    v.check(parse_date(date).is_some(), "business_date", "must be a date YYYY-MM-DD");
+    v.check(
+        caller::valid_partner_id(partner_id),
+        "partner_id",
+        "must be 1 to 64 characters of letters, digits, '-' or '_'",
+    );
+    v.check(
+        parse_date(date).is_some(),
+        "business_date",
+        "must be a date YYYY-MM-DD",
+    );
 }
 
 #[tonic::async_trait]
@@ -39,14 +47,24 @@ impl ReconciliationService for ReconGrpc {
         let mut v = Violations::new();
         check_common(&mut v, &r.request_id, &r.partner_id, &r.business_date);
         v.check(
-            matches!(pb::Side::try_from(r.side), Ok(pb::Side::Bank | pb::Side::Partner)),
+            matches!(
+                pb::Side::try_from(r.side),
+                Ok(pb::Side::Bank | pb::Side::Partner)
+            ),
             "side",
             "must be BANK or PARTNER",
         );
-        v.check(r.records.len() <= MAX_BATCH, "records", "at most 10000 records a batch");
+        v.check(
+            r.records.len() <= MAX_BATCH,
+            "records",
+            "at most 10000 records a batch",
+        );
         for (i, rec) in r.records.iter().enumerate() {
             let f = |n: &str| format!("records[{i}].{n}");
-            if !matches!(pb::RecordKind::try_from(rec.kind), Ok(pb::RecordKind::Disbursement | pb::RecordKind::Repayment)) {
+            if !matches!(
+                pb::RecordKind::try_from(rec.kind),
+                Ok(pb::RecordKind::Disbursement | pb::RecordKind::Repayment)
+            ) {
                 v.add(&f("kind"), "must be DISBURSEMENT or REPAYMENT");
             }
             if rec.transaction_id.is_empty() || rec.transaction_id.len() > 64 {
@@ -61,19 +79,31 @@ impl ReconciliationService for ReconGrpc {
             match (&rec.amount, &rec.bank_portion, &rec.partner_portion) {
                 (Some(a), Some(b), Some(p)) => {
                     if colend_core::Currency::parse(&a.currency_code).is_err() {
-                        v.add(&f("amount.currency_code"), "must be an ISO 4217 code such as CNY");
+                        v.add(
+                            &f("amount.currency_code"),
+                            "must be an ISO 4217 code such as CNY",
+                        );
                     }
                     if a.minor_units < 0 || b.minor_units < 0 || p.minor_units < 0 {
                         v.add(&f("amount"), "amounts must not be negative");
                     }
                     if b.minor_units.checked_add(p.minor_units) != Some(a.minor_units) {
-                        v.add(&f("partner_portion"), "bank_portion + partner_portion must equal amount");
+                        v.add(
+                            &f("partner_portion"),
+                            "bank_portion + partner_portion must equal amount",
+                        );
                     }
                     if b.currency_code != a.currency_code || p.currency_code != a.currency_code {
-                        v.add(&f("bank_portion.currency_code"), "portions must be in the amount's currency");
+                        v.add(
+                            &f("bank_portion.currency_code"),
+                            "portions must be in the amount's currency",
+                        );
                     }
                 }
-                _ => v.add(&f("amount"), "amount, bank_portion and partner_portion are required"),
+                _ => v.add(
+                    &f("amount"),
+                    "amount, bank_portion and partner_portion are required",
+                ),
             }
         }
         v.into_result()?;
@@ -91,8 +121,13 @@ impl ReconciliationService for ReconGrpc {
         check_common(&mut v, &r.request_id, &r.partner_id, &r.business_date);
         v.into_result()?;
         let hash = request_hash(&r);
-        let run = self.app.run(r.request_id, hash, r.partner_id, r.business_date).await?;
-        Ok(Response::new(pb::RunReconciliationResponse { run: Some(run) }))
+        let run = self
+            .app
+            .run(r.request_id, hash, r.partner_id, r.business_date)
+            .await?;
+        Ok(Response::new(pb::RunReconciliationResponse {
+            run: Some(run),
+        }))
     }
 
     async fn list_breaks(
@@ -103,6 +138,9 @@ impl ReconciliationService for ReconGrpc {
         let size = paging::page_size(r.page_size)?;
         let after = paging::decode_token(&r.page_token)?;
         let (breaks, next) = self.app.breaks(&r.run_id, size, &after).await?;
-        Ok(Response::new(pb::ListBreaksResponse { breaks, next_page_token: paging::encode_token(&next) }))
+        Ok(Response::new(pb::ListBreaksResponse {
+            breaks,
+            next_page_token: paging::encode_token(&next),
+        }))
     }
 }
