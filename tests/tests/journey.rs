@@ -31,6 +31,9 @@ async fn journey(backend: Backend) -> TestServer {
     }
     let args = DemoArgs {
         endpoint: s.endpoint.clone(),
+        kyc_endpoint: None,
+        funding_endpoint: None,
+        reconciliation_endpoint: None,
         applications: 60,
         json: true,
         partner: None,

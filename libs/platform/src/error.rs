@@ -223,3 +223,68 @@ mod tests {
         assert!(!s.message().contains("SELECT"));
     }
 }
+
+/// How a money field is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Amount {
+    /// Required and greater than zero.
+    Positive,
+    /// Required and not negative.
+    Required,
+    /// May be absent; when present, not negative.
+    Optional,
+}
+
+impl Violations {
+    /// A client request id: 1 to 255 printable ASCII characters.
+    pub fn request_id(&mut self, id: &str) {
+        if let Err(e) = colend_core::request_id::validate_request_id(id) {
+            self.add("request_id", e);
+        }
+    }
+
+    /// A resource id: 1 to 64 characters.
+    pub fn id(&mut self, field: &str, id: &str) {
+        self.check(
+            !id.is_empty() && id.len() <= 64,
+            field,
+            "must be 1 to 64 characters",
+        );
+    }
+
+    /// Free text: required, at most `max` characters.
+    pub fn text(&mut self, field: &str, value: &str, max: usize) {
+        let n = value.trim().chars().count();
+        if n == 0 {
+            self.add(field, "is required");
+        } else if n > max {
+            self.add(field, format!("must be at most {max} characters"));
+        }
+    }
+
+    /// A Money field: minor units and an ISO 4217 code.
+    pub fn money(
+        &mut self,
+        field: &str,
+        m: &Option<colend_contracts::common::v1::Money>,
+        rule: Amount,
+    ) {
+        match m {
+            None if rule == Amount::Optional => {}
+            None => self.add(field, "is required"),
+            Some(m) => {
+                if m.minor_units < 0 {
+                    self.add(&format!("{field}.minor_units"), "must not be negative");
+                } else if rule == Amount::Positive && m.minor_units == 0 {
+                    self.add(&format!("{field}.minor_units"), "must be positive");
+                }
+                if colend_core::Currency::parse(&m.currency_code).is_err() {
+                    self.add(
+                        &format!("{field}.currency_code"),
+                        "must be an ISO 4217 code such as CNY",
+                    );
+                }
+            }
+        }
+    }
+}

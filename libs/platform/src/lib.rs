@@ -20,5 +20,5 @@ pub mod time;
 
 pub use cache::Cache;
 pub use db::Db;
-pub use error::{ApiError, ApiResult, FieldViolation, Violations};
+pub use error::{Amount, ApiError, ApiResult, FieldViolation, Violations};
 pub use mesh::{Endpoints, Mesh};

@@ -57,6 +57,17 @@ pub async fn fresh_postgres() -> String {
     }
 }
 
+/// Drops a database made by `fresh_postgres` (best effort).
+pub async fn drop_database(url: &str) {
+    if let Some((_, name)) = url.rsplit_once('/')
+        && let Ok(mut conn) = sqlx::AnyConnection::connect(&pg_admin_url()).await
+    {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
 /// Checks that Redis answers, failing the test when it does not.
 pub async fn require_redis() -> String {
     let url = redis_url();
@@ -183,13 +194,8 @@ impl TestServer {
         if let Some(h) = self.handle.take() {
             let _ = h.await;
         }
-        if let Some(url) = &self.backends.database_url
-            && let Some((_, name)) = url.rsplit_once('/')
-            && let Ok(mut conn) = sqlx::AnyConnection::connect(&pg_admin_url()).await
-        {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await;
+        if let Some(url) = &self.backends.database_url {
+            drop_database(url).await;
         }
     }
 }

@@ -5,11 +5,10 @@ use colend_contracts::acquisition::v1::{
     self as pb,
     acquisition_service_server::{AcquisitionService, AcquisitionServiceServer},
 };
-use colend_contracts::common::v1::{Money, RepaymentMethod};
-use colend_core::request_id::validate_request_id;
+use colend_contracts::common::v1::RepaymentMethod;
 use colend_core::{CreditCode, Mobile, PersonName, ResidentId};
 use colend_platform::idempotency::request_hash;
-use colend_platform::{ApiError, Violations, caller, paging};
+use colend_platform::{Amount, ApiError, Violations, caller, paging};
 use std::pin::Pin;
 use std::time::Duration;
 use tokio_stream::Stream;
@@ -23,37 +22,10 @@ pub struct AcquisitionGrpc {
     app: Acquisition,
 }
 
-fn check_money(v: &mut Violations, field: &str, m: &Option<Money>, required_positive: bool) {
-    match m {
-        None if required_positive => v.add(field, "is required"),
-        None => {}
-        Some(m) => {
-            if m.minor_units < 0 || (required_positive && m.minor_units == 0) {
-                v.add(
-                    &format!("{field}.minor_units"),
-                    if required_positive {
-                        "must be positive"
-                    } else {
-                        "must not be negative"
-                    },
-                );
-            }
-            if colend_core::Currency::parse(&m.currency_code).is_err() {
-                v.add(
-                    &format!("{field}.currency_code"),
-                    "must be an ISO 4217 code such as CNY",
-                );
-            }
-        }
-    }
-}
-
 /// Validates every field of a submission.
 pub fn validate_submit(r: &pb::SubmitApplicationRequest) -> Result<(), ApiError> {
     let mut v = Violations::new();
-    if let Err(e) = validate_request_id(&r.request_id) {
-        v.add("request_id", e);
-    }
+    v.request_id(&r.request_id);
     match &r.business {
         None => v.add("business", "is required"),
         Some(b) => {
@@ -98,7 +70,7 @@ pub fn validate_submit(r: &pb::SubmitApplicationRequest) -> Result<(), ApiError>
             }
         }
     }
-    check_money(&mut v, "requested_amount", &r.requested_amount, true);
+    v.money("requested_amount", &r.requested_amount, Amount::Positive);
     v.check(
         (1..=360).contains(&r.term_months),
         "term_months",
@@ -125,17 +97,15 @@ pub fn validate_submit(r: &pb::SubmitApplicationRequest) -> Result<(), ApiError>
         "must be 0 to 1000",
     );
     if let Some(s) = &r.scenario {
-        check_money(
-            &mut v,
+        v.money(
             "scenario.annual_tax_revenue",
             &s.annual_tax_revenue,
-            false,
+            Amount::Optional,
         );
-        check_money(
-            &mut v,
+        v.money(
             "scenario.invoice_turnover_12m",
             &s.invoice_turnover_12m,
-            false,
+            Amount::Optional,
         );
         v.check(
             (-10_000..=100_000).contains(&s.turnover_trend_bps),
@@ -317,9 +287,7 @@ impl AcquisitionService for AcquisitionGrpc {
         let partner = caller::partner_id(&request)?;
         let r = request.into_inner();
         let mut v = Violations::new();
-        if let Err(e) = validate_request_id(&r.request_id) {
-            v.add("request_id", e);
-        }
+        v.request_id(&r.request_id);
         v.check(
             r.partner_id == partner,
             "partner_id",

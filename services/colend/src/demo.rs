@@ -24,9 +24,19 @@ use tonic_types::StatusExt;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// Address of the mesh (all five services).
+    /// Address of the mesh (all five services), or of acquisition when the
+    /// services run as separate processes.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub endpoint: String,
+    /// Address of kyc, when not at --endpoint.
+    #[arg(long)]
+    pub kyc_endpoint: Option<String>,
+    /// Address of funding, when not at --endpoint.
+    #[arg(long)]
+    pub funding_endpoint: Option<String>,
+    /// Address of reconciliation, when not at --endpoint.
+    #[arg(long)]
+    pub reconciliation_endpoint: Option<String>,
     /// How many applications to submit.
     #[arg(long, default_value_t = 20)]
     pub applications: usize,
@@ -502,6 +512,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let ch = channel(&args.endpoint)?;
+    let at = |e: &Option<String>| e.as_deref().map(channel).unwrap_or_else(|| Ok(ch.clone()));
     let run = uuid::Uuid::now_v7().simple().to_string();
     let partner = args
         .partner
@@ -509,9 +520,9 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
         .unwrap_or_else(|| format!("partner-{}", &run[run.len() - 8..]));
     let c = Clients {
         acquisition: AcquisitionServiceClient::new(ch.clone()),
-        funding: FundingServiceClient::new(ch.clone()),
-        kyc: KycServiceClient::new(ch.clone()),
-        recon: ReconciliationServiceClient::new(ch),
+        funding: FundingServiceClient::new(at(&args.funding_endpoint)?),
+        kyc: KycServiceClient::new(at(&args.kyc_endpoint)?),
+        recon: ReconciliationServiceClient::new(at(&args.reconciliation_endpoint)?),
         partner: partner.clone(),
         run,
     };

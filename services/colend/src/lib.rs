@@ -9,6 +9,58 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// The gRPC names of the five services.
+pub const SERVICE_NAMES: [&str; 5] = [
+    colend_acquisition::SERVICE,
+    colend_kyc::SERVICE,
+    colend_credit::SERVICE,
+    colend_funding::SERVICE,
+    colend_reconciliation::SERVICE,
+];
+
+/// Prints each service's health at `endpoint`; fails unless all are SERVING
+/// (waiting up to `wait_secs` for them).
+pub async fn health(endpoint: &str, services: Vec<String>, wait_secs: u64) -> anyhow::Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let names: Vec<String> = if services.is_empty() {
+        SERVICE_NAMES.iter().map(|s| s.to_string()).collect()
+    } else {
+        services
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait_secs);
+    let client = HealthClient::new(colend_platform::grpc::channel(endpoint)?);
+    loop {
+        let mut report = Vec::new();
+        for n in &names {
+            let req = colend_platform::grpc::request(
+                HealthCheckRequest { service: n.clone() },
+                Duration::from_secs(2),
+                None,
+            );
+            let status = match client.clone().check(req).await {
+                Ok(r) => ServingStatus::try_from(r.into_inner().status)
+                    .map(|s| s.as_str_name().to_string())
+                    .unwrap_or_else(|_| "UNKNOWN".into()),
+                Err(e) => format!("UNREACHABLE ({})", e.code()),
+            };
+            report.push((n.clone(), status));
+        }
+        let all = report.iter().all(|(_, s)| s == "SERVING");
+        if all || std::time::Instant::now() >= deadline {
+            for (n, s) in &report {
+                println!("{n}: {s}");
+            }
+            if all {
+                return Ok(());
+            }
+            anyhow::bail!("not every service is SERVING at {endpoint}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The five services by the names `colend serve` takes.
 pub const SERVICES: [&str; 5] = ["acquisition", "kyc", "credit", "funding", "reconciliation"];
 

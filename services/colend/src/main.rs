@@ -37,6 +37,18 @@ enum Command {
         #[arg(long, env = "COLEND_DATA_DIR", default_value = "./colend-data")]
         data_dir: PathBuf,
     },
+    /// Asks grpc.health.v1 whether services answer SERVING; exits non-zero if not.
+    Health {
+        /// Address to ask.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        endpoint: String,
+        /// Fully qualified service names (default: all five).
+        #[arg(long)]
+        service: Vec<String>,
+        /// Keep asking for up to this many seconds until every service is SERVING.
+        #[arg(long, default_value_t = 0)]
+        wait_secs: u64,
+    },
     /// Acts as a partner and as the bank core against a running mesh: takes
     /// generated borrowers through the whole journey and prints a summary.
     Demo(colend::demo::DemoArgs),
@@ -93,5 +105,10 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Demo(args) => colend::demo::run(args).await,
+        Command::Health {
+            endpoint,
+            service,
+            wait_secs,
+        } => colend::health(&endpoint, service, wait_secs).await,
     }
 }

@@ -6,9 +6,8 @@ use colend_contracts::credit::v1::{
     self as pb,
     credit_service_server::{CreditService, CreditServiceServer},
 };
-use colend_core::request_id::validate_request_id;
 use colend_platform::idempotency::request_hash;
-use colend_platform::{ApiError, Violations, caller};
+use colend_platform::{Amount, ApiError, Violations, caller};
 use tonic::{Request, Response, Status};
 
 pub fn server(app: Credit) -> CreditServiceServer<CreditGrpc> {
@@ -17,24 +16,6 @@ pub fn server(app: Credit) -> CreditServiceServer<CreditGrpc> {
 
 pub struct CreditGrpc {
     app: Credit,
-}
-
-fn check_money(v: &mut Violations, field: &str, m: &Option<Money>, required: bool) {
-    match m {
-        None if required => v.add(field, "is required"),
-        None => {}
-        Some(m) => {
-            if m.minor_units < 0 {
-                v.add(&format!("{field}.minor_units"), "must not be negative");
-            }
-            if colend_core::Currency::parse(&m.currency_code).is_err() {
-                v.add(
-                    &format!("{field}.currency_code"),
-                    "must be an ISO 4217 code such as CNY",
-                );
-            }
-        }
-    }
 }
 
 fn to_pb(p: &Policy) -> pb::Policy {
@@ -67,8 +48,16 @@ fn to_pb(p: &Policy) -> pb::Policy {
 }
 
 fn from_pb(p: &pb::Policy, v: &mut Violations) -> Policy {
-    check_money(v, "policy.product_max_amount", &p.product_max_amount, true);
-    check_money(v, "policy.product_min_amount", &p.product_min_amount, true);
+    v.money(
+        "policy.product_max_amount",
+        &p.product_max_amount,
+        Amount::Required,
+    );
+    v.money(
+        "policy.product_min_amount",
+        &p.product_min_amount,
+        Amount::Required,
+    );
     let currency = p
         .product_max_amount
         .as_ref()
@@ -118,9 +107,7 @@ impl CreditService for CreditGrpc {
         let caller = caller::partner_id(&request)?;
         let r = request.into_inner();
         let mut v = Violations::new();
-        if let Err(e) = validate_request_id(&r.request_id) {
-            v.add("request_id", e);
-        }
+        v.request_id(&r.request_id);
         let Some(input) = r.input.clone() else {
             return Err(ApiError::field("input", "is required").into());
         };
@@ -140,23 +127,20 @@ impl CreditService for CreditGrpc {
             "must be 0 to 150",
         );
         v.check(!input.purpose.is_empty(), "input.purpose", "is required");
-        check_money(
-            &mut v,
+        v.money(
             "input.requested_amount",
             &input.requested_amount,
-            true,
+            Amount::Required,
         );
-        check_money(
-            &mut v,
+        v.money(
             "input.annual_tax_revenue",
             &input.annual_tax_revenue,
-            false,
+            Amount::Optional,
         );
-        check_money(
-            &mut v,
+        v.money(
             "input.invoice_turnover_12m",
             &input.invoice_turnover_12m,
-            false,
+            Amount::Optional,
         );
         v.check(
             (1..=360).contains(&input.term_months),
@@ -222,9 +206,7 @@ impl CreditService for CreditGrpc {
     ) -> Result<Response<pb::SetPolicyResponse>, Status> {
         let r = request.into_inner();
         let mut v = Violations::new();
-        if let Err(e) = validate_request_id(&r.request_id) {
-            v.add("request_id", e);
-        }
+        v.request_id(&r.request_id);
         let Some(p) = &r.policy else {
             return Err(ApiError::field("policy", "is required").into());
         };

@@ -1,14 +1,13 @@
 //! The gRPC face of funding.
 use crate::app::Funding;
-use colend_contracts::common::v1::{Money, RepaymentMethod};
+use colend_contracts::common::v1::RepaymentMethod;
 use colend_contracts::funding::v1::{
     self as pb,
     funding_service_server::{FundingService, FundingServiceServer},
 };
-use colend_core::request_id::validate_request_id;
 use colend_platform::idempotency::request_hash;
 use colend_platform::time::parse_date;
-use colend_platform::{ApiError, Violations, caller};
+use colend_platform::{Amount, ApiError, Violations, caller};
 use tonic::{Request, Response, Status};
 
 pub fn server(app: Funding) -> FundingServiceServer<FundingGrpc> {
@@ -19,44 +18,6 @@ pub struct FundingGrpc {
     app: Funding,
 }
 
-fn check_request_id(v: &mut Violations, id: &str) {
-    if let Err(e) = validate_request_id(id) {
-        v.add("request_id", e);
-    }
-}
-
-fn check_money(v: &mut Violations, field: &str, m: &Option<Money>, positive: bool) {
-    match m {
-        None => v.add(field, "is required"),
-        Some(m) => {
-            if m.minor_units < 0 || (positive && m.minor_units == 0) {
-                v.add(
-                    &format!("{field}.minor_units"),
-                    if positive {
-                        "must be positive"
-                    } else {
-                        "must not be negative"
-                    },
-                );
-            }
-            if colend_core::Currency::parse(&m.currency_code).is_err() {
-                v.add(
-                    &format!("{field}.currency_code"),
-                    "must be an ISO 4217 code such as CNY",
-                );
-            }
-        }
-    }
-}
-
-fn check_id(v: &mut Violations, field: &str, id: &str) {
-    v.check(
-        !id.is_empty() && id.len() <= 64,
-        field,
-        "must be 1 to 64 characters",
-    );
-}
-
 #[tonic::async_trait]
 impl FundingService for FundingGrpc {
     async fn upsert_agreement(
@@ -65,7 +26,7 @@ impl FundingService for FundingGrpc {
     ) -> Result<Response<pb::UpsertAgreementResponse>, Status> {
         let r = request.into_inner();
         let mut v = Violations::new();
-        check_request_id(&mut v, &r.request_id);
+        v.request_id(&r.request_id);
         let Some(a) = r.agreement.clone() else {
             return Err(ApiError::field("agreement", "is required").into());
         };
@@ -89,8 +50,8 @@ impl FundingService for FundingGrpc {
             "agreement.partner_rate_bps",
             "must be 0 to 10000",
         );
-        check_money(&mut v, "agreement.daily_quota", &a.daily_quota, false);
-        check_money(&mut v, "agreement.total_quota", &a.total_quota, false);
+        v.money("agreement.daily_quota", &a.daily_quota, Amount::Required);
+        v.money("agreement.total_quota", &a.total_quota, Amount::Required);
         if let (Some(d), Some(t)) = (&a.daily_quota, &a.total_quota) {
             v.check(
                 d.currency_code == t.currency_code,
@@ -133,14 +94,14 @@ impl FundingService for FundingGrpc {
         let caller = caller::partner_id(&request)?;
         let r = request.into_inner();
         let mut v = Violations::new();
-        check_request_id(&mut v, &r.request_id);
-        check_id(&mut v, "application_id", &r.application_id);
+        v.request_id(&r.request_id);
+        v.id("application_id", &r.application_id);
         v.check(
             r.partner_id == caller,
             "partner_id",
             "must be the calling partner",
         );
-        check_money(&mut v, "principal", &r.principal, true);
+        v.money("principal", &r.principal, Amount::Positive);
         v.check(
             (1..=360).contains(&r.term_months),
             "term_months",
@@ -175,8 +136,8 @@ impl FundingService for FundingGrpc {
     ) -> Result<Response<pb::ReleaseFundingResponse>, Status> {
         let r = request.into_inner();
         let mut v = Violations::new();
-        check_request_id(&mut v, &r.request_id);
-        check_id(&mut v, "loan_id", &r.loan_id);
+        v.request_id(&r.request_id);
+        v.id("loan_id", &r.loan_id);
         v.check(
             r.reason.chars().count() <= 500,
             "reason",
@@ -199,11 +160,11 @@ impl FundingService for FundingGrpc {
     ) -> Result<Response<pb::BookDisbursementResponse>, Status> {
         let r = request.into_inner();
         let mut v = Violations::new();
-        check_request_id(&mut v, &r.request_id);
-        check_id(&mut v, "loan_id", &r.loan_id);
+        v.request_id(&r.request_id);
+        v.id("loan_id", &r.loan_id);
         let date = parse_date(&r.value_date);
         v.check(date.is_some(), "value_date", "must be a date YYYY-MM-DD");
-        check_id(&mut v, "bank_transaction_ref", &r.bank_transaction_ref);
+        v.id("bank_transaction_ref", &r.bank_transaction_ref);
         v.into_result()?;
         let hash = request_hash(&r);
         let loan = self
@@ -227,12 +188,12 @@ impl FundingService for FundingGrpc {
     ) -> Result<Response<pb::BookRepaymentResponse>, Status> {
         let r = request.into_inner();
         let mut v = Violations::new();
-        check_request_id(&mut v, &r.request_id);
-        check_id(&mut v, "loan_id", &r.loan_id);
-        check_money(&mut v, "amount", &r.amount, true);
+        v.request_id(&r.request_id);
+        v.id("loan_id", &r.loan_id);
+        v.money("amount", &r.amount, Amount::Positive);
         let date = parse_date(&r.value_date);
         v.check(date.is_some(), "value_date", "must be a date YYYY-MM-DD");
-        check_id(&mut v, "bank_transaction_ref", &r.bank_transaction_ref);
+        v.id("bank_transaction_ref", &r.bank_transaction_ref);
         v.into_result()?;
         let hash = request_hash(&r);
         let resp = self

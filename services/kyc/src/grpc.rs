@@ -4,7 +4,6 @@ use colend_contracts::kyc::v1::{
     self as pb,
     kyc_service_server::{KycService, KycServiceServer},
 };
-use colend_core::request_id::validate_request_id;
 use colend_platform::idempotency::request_hash;
 use colend_platform::{ApiError, Violations, caller, paging};
 use tonic::{Request, Response, Status};
@@ -17,21 +16,6 @@ pub struct KycGrpc {
     app: Kyc,
 }
 
-fn check_request_id(v: &mut Violations, id: &str) {
-    if let Err(e) = validate_request_id(id) {
-        v.add("request_id", e);
-    }
-}
-
-fn check_text(v: &mut Violations, field: &str, value: &str, max: usize) {
-    let n = value.trim().chars().count();
-    if n == 0 {
-        v.add(field, "is required");
-    } else if n > max {
-        v.add(field, format!("must be at most {max} characters"));
-    }
-}
-
 #[tonic::async_trait]
 impl KycService for KycGrpc {
     async fn check_borrower(
@@ -41,15 +25,15 @@ impl KycService for KycGrpc {
         let caller = caller::partner_id(&request)?;
         let r = request.into_inner();
         let mut v = Violations::new();
-        check_request_id(&mut v, &r.request_id);
+        v.request_id(&r.request_id);
         if r.partner_id != caller {
             v.add("partner_id", "must be the calling partner");
         }
-        check_text(&mut v, "person_name", &r.person_name, 64);
-        check_text(&mut v, "resident_id", &r.resident_id, 32);
-        check_text(&mut v, "mobile", &r.mobile, 32);
-        check_text(&mut v, "business_name", &r.business_name, 128);
-        check_text(&mut v, "credit_code", &r.credit_code, 32);
+        v.text("person_name", &r.person_name, 64);
+        v.text("resident_id", &r.resident_id, 32);
+        v.text("mobile", &r.mobile, 32);
+        v.text("business_name", &r.business_name, 128);
+        v.text("credit_code", &r.credit_code, 32);
         v.into_result()?;
         let hash = request_hash(&r);
         let check = self
@@ -91,7 +75,7 @@ impl KycService for KycGrpc {
     ) -> Result<Response<pb::AddWatchlistEntryResponse>, Status> {
         let r = request.into_inner();
         let mut v = Violations::new();
-        check_request_id(&mut v, &r.request_id);
+        v.request_id(&r.request_id);
         v.check(
             matches!(
                 pb::WatchlistKind::try_from(r.kind),
@@ -102,7 +86,7 @@ impl KycService for KycGrpc {
             "kind",
             "must be SANCTIONS, BANK_BLACKLIST or FRAUD",
         );
-        check_text(&mut v, "name", &r.name, 128);
+        v.text("name", &r.name, 128);
         v.check(
             r.note.chars().count() <= 500,
             "note",

@@ -4,7 +4,6 @@ use colend_contracts::reconciliation::v1::{
     self as pb,
     reconciliation_service_server::{ReconciliationService, ReconciliationServiceServer},
 };
-use colend_core::request_id::validate_request_id;
 use colend_platform::idempotency::request_hash;
 use colend_platform::time::parse_date;
 use colend_platform::{Violations, caller, paging};
@@ -22,9 +21,7 @@ pub struct ReconGrpc {
 }
 
 fn check_common(v: &mut Violations, request_id: &str, partner_id: &str, date: &str) {
-    if let Err(e) = validate_request_id(request_id) {
-        v.add("request_id", e);
-    }
+    v.request_id(request_id);
     v.check(
         caller::valid_partner_id(partner_id),
         "partner_id",
