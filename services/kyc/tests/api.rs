@@ -216,3 +216,36 @@ async fn kyc_api_embedded() {
 async fn kyc_api_postgres_redis() {
     scenario(BOTH[1]).await;
 }
+
+/// A cache that cannot be reached is a miss, never a failed request.
+#[tokio::test]
+async fn kyc_answers_when_redis_is_down() {
+    let dir = colend_testkit::TempDir::new();
+    let backends = colend_platform::config::Backends {
+        database_url: None,
+        // Nothing listens on port 1 of loopback.
+        redis_url: Some("redis://127.0.0.1:1".into()),
+        data_dir: dir.0.clone(),
+        cache_prefix: "colend-test-down:".into(),
+    };
+    let s = TestServer::start_with(backends, dir, |mesh| async move {
+        Ok(vec![colend_kyc::register(mesh).await?])
+    })
+    .await;
+    let mut c = KycServiceClient::new(s.channel.clone());
+    for rid in ["d1", "d2"] {
+        let r = c
+            .check_borrower(as_partner(
+                "p1",
+                check(rid, "p1", "王伟", "福州恒通贸易有限公司"),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .check
+            .unwrap();
+        assert_eq!(r.outcome, pb::KycOutcome::Passed as i32);
+        assert!(!r.from_cache, "nothing can come from a cache that is down");
+    }
+    s.stop().await;
+}
