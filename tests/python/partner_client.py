@@ -84,7 +84,21 @@ def main():
     as_partner = [("x-colend-partner-id", partner)]
     cny = lambda minor: common.Money(minor_units=minor, currency_code="CNY")
 
-    # The bank sets up the partner's co-lending agreement.
+    # The bank whitelists the partner (rule C12), records its reference data
+    # for rules C2/C3 unless already set, and sets up the co-lending agreement.
+    funding.WhitelistInstitution(fund.WhitelistInstitutionRequest(
+        request_id=f"whitelist-{partner}",
+        entry=fund.WhitelistEntry(institution_id=partner, kind=fund.INSTITUTION_KIND_PARTNER,
+                                  effective_from="2026-01-01")), timeout=10)
+    try:
+        funding.GetBankReference(fund.GetBankReferenceRequest(), timeout=10)
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        funding.SetBankReference(fund.SetBankReferenceRequest(
+            request_id="python-bank-reference",
+            reference=fund.BankReference(net_tier1_capital=cny(8 * 10**12), total_loan_balance=cny(10**14),
+                                         as_of="2026-09-30")), timeout=10)
     funding.UpsertAgreement(fund.UpsertAgreementRequest(
         request_id=f"agreement-{partner}",
         agreement=fund.Agreement(partner_id=partner, partner_share_bps=3000, bank_rate_bps=900,
@@ -116,7 +130,8 @@ def main():
             partner_score=700,
             scenario=acq.ScenarioData(annual_tax_revenue=cny(400_000_000), invoice_turnover_12m=cny(450_000_000),
                                       turnover_trend_bps=500, open_loans_elsewhere=0),
-            consent=acq.Consent(scopes=["credit_report"], channel="app", text_version="v1"))
+            consent=acq.Consent(scopes=["credit_report"], channel="app", text_version="v1"),
+            partner_decision=acq.PartnerDecision(approved=True, reference=f"{partner}-risk-{i}"))
         req.consent.granted_at.FromDatetime(datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5))
         app = acquisition.SubmitApplication(req, metadata=as_partner, timeout=10).application
 

@@ -59,6 +59,11 @@ async fn journey(backend: Backend) -> TestServer {
     assert_eq!(sum.decline_reasons.get("AGE_OUT_OF_RANGE"), Some(&2));
     assert_eq!(sum.decline_reasons.get("TOO_MANY_OPEN_LOANS"), Some(&2));
     assert_eq!(sum.duplicates_rejected, 1);
+    // 2 high-risk borrowers priced above the all-in cap; 1 borrower at its
+    // RMB 200,000 cap applying again is declined on the per-borrower limit.
+    assert_eq!(sum.decline_reasons.get("NOT_PRICEABLE_UNDER_CAP"), Some(&2));
+    assert_eq!(sum.decline_reasons.get("BORROWER_LIMIT_REACHED"), Some(&1));
+    assert_eq!(sum.repeat_applications.get("DECLINED"), Some(&1));
     let funded = sum.funded.loans;
     assert_eq!(
         funded + 3 + 2 + sum.outcomes.get("DECLINED").copied().unwrap_or(0),

@@ -37,12 +37,16 @@ pub enum ApiError {
     RequestInFlight,
     #[error("{0}")]
     DuplicateApplication(String),
-    #[error("{0}")]
-    QuotaExceeded(String),
+    /// A quota or regulatory limit; `limit` names which (e.g. "C2_PARTNER_CONCENTRATION")
+    /// and travels in ErrorInfo metadata as "limit".
+    #[error("{message}")]
+    QuotaExceeded { limit: String, message: String },
     #[error("{0}")]
     InvalidState(String),
     #[error("{0}")]
     NoAgreement(String),
+    #[error("{0}")]
+    NotWhitelisted(String),
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{service} is unavailable: {message}")]
@@ -67,6 +71,13 @@ impl ApiError {
         ApiError::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
 
+    pub fn limit(limit: &str, message: impl Into<String>) -> Self {
+        ApiError::QuotaExceeded {
+            limit: limit.to_string(),
+            message: message.into(),
+        }
+    }
+
     pub fn internal(e: impl Into<anyhow::Error>) -> Self {
         ApiError::Internal(e.into())
     }
@@ -79,9 +90,10 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ApiError::RequestInFlight => "REQUEST_IN_FLIGHT",
             ApiError::DuplicateApplication(_) => "DUPLICATE_APPLICATION",
-            ApiError::QuotaExceeded(_) => "QUOTA_EXCEEDED",
+            ApiError::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
             ApiError::InvalidState(_) => "INVALID_STATE",
             ApiError::NoAgreement(_) => "NO_AGREEMENT",
+            ApiError::NotWhitelisted(_) => "NOT_WHITELISTED",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::Dependency { .. } => "DEPENDENCY_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
@@ -95,9 +107,10 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => Code::FailedPrecondition,
             ApiError::RequestInFlight => Code::Aborted,
             ApiError::DuplicateApplication(_) => Code::AlreadyExists,
-            ApiError::QuotaExceeded(_) => Code::ResourceExhausted,
+            ApiError::QuotaExceeded { .. } => Code::ResourceExhausted,
             ApiError::InvalidState(_) => Code::FailedPrecondition,
             ApiError::NoAgreement(_) => Code::FailedPrecondition,
+            ApiError::NotWhitelisted(_) => Code::FailedPrecondition,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::Dependency { .. } => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
@@ -113,11 +126,11 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        let mut details = ErrorDetails::with_error_info(
-            e.reason(),
-            ERROR_DOMAIN,
-            std::collections::HashMap::<String, String>::new(),
-        );
+        let mut metadata = std::collections::HashMap::<String, String>::new();
+        if let ApiError::QuotaExceeded { limit, .. } = &e {
+            metadata.insert("limit".into(), limit.clone());
+        }
+        let mut details = ErrorDetails::with_error_info(e.reason(), ERROR_DOMAIN, metadata);
         if let ApiError::InvalidArgument(v) = &e {
             for f in v {
                 details.add_bad_request_violation(f.field.clone(), f.description.clone());
@@ -134,16 +147,19 @@ impl From<ApiError> for Status {
 /// Maps a status from another colend service into this service's error,
 /// keeping client errors and turning transport failures into DEPENDENCY_UNAVAILABLE.
 pub fn from_downstream(service: &str, status: Status) -> ApiError {
-    let reason = status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default();
+    let info = status.get_error_details().error_info().cloned();
+    let reason = info.as_ref().map(|i| i.reason.clone()).unwrap_or_default();
     let msg = status.message().to_string();
     match (status.code(), reason.as_str()) {
         (_, "IDEMPOTENCY_KEY_REUSED") => ApiError::IdempotencyKeyReused,
-        (_, "QUOTA_EXCEEDED") => ApiError::QuotaExceeded(msg),
+        (_, "QUOTA_EXCEEDED") => ApiError::QuotaExceeded {
+            limit: info
+                .and_then(|i| i.metadata.get("limit").cloned())
+                .unwrap_or_else(|| "QUOTA".into()),
+            message: msg,
+        },
         (_, "NO_AGREEMENT") => ApiError::NoAgreement(msg),
+        (_, "NOT_WHITELISTED") => ApiError::NotWhitelisted(msg),
         (_, "INVALID_STATE") => ApiError::InvalidState(msg),
         (Code::NotFound, _) => ApiError::NotFound(msg),
         (Code::InvalidArgument, _) => {

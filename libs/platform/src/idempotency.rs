@@ -64,7 +64,11 @@ async fn lookup<M: Message + Default>(
 fn error_from_stored(reason: &str, message: &str) -> ApiError {
     let m = message.to_string();
     match reason {
-        "QUOTA_EXCEEDED" => ApiError::QuotaExceeded(m),
+        "QUOTA_EXCEEDED" => {
+            let (limit, message) = message.split_once('\n').unwrap_or(("QUOTA", message));
+            ApiError::limit(limit, message)
+        }
+        "NOT_WHITELISTED" => ApiError::NotWhitelisted(m),
         "INVALID_STATE" => ApiError::InvalidState(m),
         "NO_AGREEMENT" => ApiError::NoAgreement(m),
         "DUPLICATE_APPLICATION" => ApiError::DuplicateApplication(m),
@@ -77,9 +81,10 @@ fn error_from_stored(reason: &str, message: &str) -> ApiError {
 fn storable(e: &ApiError) -> bool {
     matches!(
         e,
-        ApiError::QuotaExceeded(_)
+        ApiError::QuotaExceeded { .. }
             | ApiError::InvalidState(_)
             | ApiError::NoAgreement(_)
+            | ApiError::NotWhitelisted(_)
             | ApiError::DuplicateApplication(_)
     )
 }
@@ -87,6 +92,7 @@ fn storable(e: &ApiError) -> bool {
 fn stored_message(e: &ApiError) -> String {
     match e {
         ApiError::NotFound(m) => m.clone(),
+        ApiError::QuotaExceeded { limit, message } => format!("{limit}\n{message}"),
         other => other.to_string(),
     }
 }

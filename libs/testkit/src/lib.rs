@@ -280,3 +280,10 @@ pub async fn reflected_services(channel: Channel) -> Vec<String> {
         other => panic!("unexpected reflection answer {other:?}"),
     }
 }
+
+/// A value of a status's ErrorInfo metadata.
+pub fn error_metadata(s: &tonic::Status, key: &str) -> Option<String> {
+    s.get_error_details()
+        .error_info()
+        .and_then(|i| i.metadata.get(key).cloned())
+}

@@ -278,7 +278,13 @@ impl Acquisition {
         let event = match pb::ApplicationStatus::try_from(r.status) {
             Ok(pb::ApplicationStatus::Disbursed) => Status::Disbursed,
             Ok(pb::ApplicationStatus::Repaying) => Status::Repaying,
-            _ => return Err(ApiError::field("status", "must be DISBURSED or REPAYING")),
+            Ok(pb::ApplicationStatus::FundingRejected) => Status::FundingRejected,
+            _ => {
+                return Err(ApiError::field(
+                    "status",
+                    "must be DISBURSED, REPAYING or FUNDING_REJECTED",
+                ));
+            }
         };
         let scope = format!("RecordLoanEvent:{}", r.partner_id);
         let app_id = r.application_id.clone();
@@ -302,7 +308,14 @@ impl Acquisition {
                     .bind(&r.application_id)
                     .execute(&mut *tx)
                     .await?;
-                insert_event(tx, &r.application_id, event, &r.detail, &[], now).await?;
+                if next == event && event == Status::FundingRejected {
+                    sqlx::query("UPDATE applications SET reason_codes = $1 WHERE application_id = $2")
+                        .bind(r.reason_codes.join(","))
+                        .bind(&r.application_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                insert_event(tx, &r.application_id, event, &r.detail, &r.reason_codes, now).await?;
                 if !next.holds_borrower() {
                     release_borrower(tx, &r.application_id).await?;
                 }

@@ -80,6 +80,8 @@ impl Status {
             (Status::FundsReserved | Status::Disbursed | Status::Repaying, Status::Repaying) => {
                 Status::Repaying
             }
+            // A reservation voided before disbursement (released or expired).
+            (Status::FundsReserved, Status::FundingRejected) => Status::FundingRejected,
             (s, _) => s,
         }
     }
@@ -113,6 +115,14 @@ mod tests {
         assert_eq!(
             Status::Declined.after_loan_event(Status::Repaying),
             Status::Declined
+        );
+        assert_eq!(
+            Status::FundsReserved.after_loan_event(Status::FundingRejected),
+            Status::FundingRejected
+        );
+        assert_eq!(
+            Status::Disbursed.after_loan_event(Status::FundingRejected),
+            Status::Disbursed
         );
     }
 

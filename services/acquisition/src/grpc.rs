@@ -118,6 +118,17 @@ pub fn validate_submit(r: &pb::SubmitApplicationRequest) -> Result<(), ApiError>
             "must be 0 to 1000",
         );
     }
+    match &r.partner_decision {
+        None => v.add(
+            "partner_decision",
+            "is required: the partner's own decision on the loan it co-funds",
+        ),
+        Some(d) => v.check(
+            (1..=64).contains(&d.reference.len()),
+            "partner_decision.reference",
+            "must be 1 to 64 characters",
+        ),
+    }
     match &r.consent {
         None => v.add("consent", "is required: the borrower's consent to data use"),
         Some(c) => {

@@ -102,9 +102,11 @@ impl Journey {
     /// Takes the application through every step it has left.
     pub async fn advance(&self, application_id: &str) -> ApiResult<()> {
         loop {
-            let (status, body, partner, kyc_age, kyc_region, decision): (String, String, String, i64, String, String) =
+            type Row = (String, String, String, i64, String, String, String);
+            let (status, body, partner, kyc_age, kyc_region, decision, person_key): Row =
                 sqlx::query_as(
-                    "SELECT status, request_body, partner_id, kyc_age, kyc_region, decision FROM applications WHERE application_id = $1",
+                    "SELECT status, request_body, partner_id, kyc_age, kyc_region, decision, person_key \
+                     FROM applications WHERE application_id = $1",
                 )
                 .bind(application_id)
                 .fetch_one(&self.db.pool)
@@ -129,8 +131,8 @@ impl Journey {
                             application_id,
                             &partner,
                             &req,
-                            kyc_age as i32,
-                            &kyc_region,
+                            (kyc_age as i32, &kyc_region),
+                            &person_key,
                         )
                     })
                     .await
@@ -140,8 +142,10 @@ impl Journey {
                         .ok()
                         .and_then(|b| pb::DecisionSummary::decode(b.as_slice()).ok())
                         .unwrap_or_default();
-                    self.with_retries(|| self.step_funding(application_id, &partner, &req, &d))
-                        .await
+                    self.with_retries(|| {
+                        self.step_funding(application_id, &partner, &req, &d, &person_key)
+                    })
+                    .await
                 }
                 _ => return Ok(()),
             };
@@ -245,9 +249,24 @@ impl Journey {
         id: &str,
         partner: &str,
         r: &pb::SubmitApplicationRequest,
-        age: i32,
-        region: &str,
+        (age, region): (i32, &str),
+        borrower_key: &str,
     ) -> ApiResult<StepResult> {
+        // What the borrower already owes across partners, from the bank's own books.
+        let exposure = self
+            .funding
+            .clone()
+            .get_borrower_exposure(request(
+                funding::GetBorrowerExposureRequest {
+                    borrower_key: borrower_key.to_string(),
+                },
+                self.timeout,
+                Some(partner),
+            ))
+            .await
+            .map_err(|s| from_downstream("funding", s))?
+            .into_inner()
+            .exposure;
         let scenario = r.scenario.clone().unwrap_or_default();
         let purpose = pb::LoanPurpose::try_from(r.purpose)
             .map(|p| {
@@ -276,6 +295,17 @@ impl Journey {
             turnover_trend_bps: scenario.turnover_trend_bps,
             open_loans_elsewhere: scenario.open_loans_elsewhere,
             watchlist_hit: false,
+            existing_exposure: exposure,
+            individual_business: r
+                .business
+                .as_ref()
+                .is_some_and(|b| b.credit_code.starts_with("92")),
+            partner_approved: r.partner_decision.as_ref().is_some_and(|d| d.approved),
+            partner_decision_ref: r
+                .partner_decision
+                .as_ref()
+                .map(|d| d.reference.clone())
+                .unwrap_or_default(),
         };
         let msg = credit::DecideApplicationRequest {
             request_id: format!("{id}:credit"),
@@ -335,8 +365,10 @@ impl Journey {
         partner: &str,
         r: &pb::SubmitApplicationRequest,
         d: &pb::DecisionSummary,
+        borrower_key: &str,
     ) -> ApiResult<StepResult> {
         let msg = funding::ReserveFundingRequest {
+            borrower_key: borrower_key.to_string(),
             request_id: format!("{id}:funding"),
             application_id: id.to_string(),
             partner_id: partner.to_string(),
@@ -377,13 +409,18 @@ impl Journey {
                 })
             }
             Err(
-                e @ (ApiError::QuotaExceeded(_)
+                e @ (ApiError::QuotaExceeded { .. }
+                | ApiError::NotWhitelisted(_)
                 | ApiError::NoAgreement(_)
                 | ApiError::InvalidState(_)),
             ) => Ok(StepResult {
                 to: Status::FundingRejected,
                 detail: e.to_string(),
-                reasons: vec![e.reason().to_string()],
+                // The limit that was hit is the more useful code, when there is one.
+                reasons: vec![match &e {
+                    ApiError::QuotaExceeded { limit, .. } => limit.clone(),
+                    other => other.reason().to_string(),
+                }],
                 columns: Vec::new(),
             }),
             Err(e) => Err(e),

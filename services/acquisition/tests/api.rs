@@ -55,6 +55,10 @@ fn submission(
             channel: "app".into(),
             text_version: "v1".into(),
         }),
+        partner_decision: Some(pb::PartnerDecision {
+            approved: true,
+            reference: format!("partner-{rid}"),
+        }),
     }
 }
 
@@ -104,6 +108,27 @@ async fn scenario(backend: Backend) {
     .await;
     colend_testkit::assert_serving(s.channel.clone(), colend_acquisition::SERVICE).await;
     let mut f = FundingServiceClient::new(s.channel.clone());
+    f.whitelist_institution(as_bank(fpb::WhitelistInstitutionRequest {
+        request_id: "wl".into(),
+        entry: Some(fpb::WhitelistEntry {
+            institution_id: "p1".into(),
+            kind: fpb::InstitutionKind::Partner as i32,
+            effective_from: "2026-01-01".into(),
+            effective_to: String::new(),
+        }),
+    }))
+    .await
+    .unwrap();
+    f.set_bank_reference(as_bank(fpb::SetBankReferenceRequest {
+        request_id: "ref".into(),
+        reference: Some(fpb::BankReference {
+            net_tier1_capital: cny(1_000_000_000_000),
+            total_loan_balance: cny(10_000_000_000_000),
+            as_of: "2026-09-30".into(),
+        }),
+    }))
+    .await
+    .unwrap();
     f.upsert_agreement(as_bank(fpb::UpsertAgreementRequest {
         request_id: "ag".into(),
         agreement: Some(fpb::Agreement {
@@ -131,6 +156,7 @@ async fn scenario(backend: Backend) {
     bad.legal_representative.as_mut().unwrap().resident_id = "330106198503124560".into();
     bad.business.as_mut().unwrap().credit_code = "91330106MA2GL0001I".into();
     bad.consent = None;
+    bad.partner_decision = None;
     let e = c
         .submit_application(as_partner("p1", bad))
         .await
@@ -279,6 +305,25 @@ async fn scenario(backend: Backend) {
     assert_eq!(d.status, pb::ApplicationStatus::Declined as i32);
     assert_eq!(d.reason_codes, vec!["PROHIBITED_PURPOSE"]);
 
+    // Both lenders must approve: the partner's "no" declines the co-funded loan.
+    let mut no = submission(
+        "s3",
+        "37020219880808123",
+        "91370202MA3C00013",
+        pb::LoanPurpose::Inventory,
+    );
+    no.partner_decision.as_mut().unwrap().approved = false;
+    let no = c
+        .submit_application(as_partner("p1", no))
+        .await
+        .unwrap()
+        .into_inner()
+        .application
+        .unwrap();
+    let d = watch_until_settled(&mut c, "p1", &no.application_id).await;
+    assert_eq!(d.status, pb::ApplicationStatus::Declined as i32);
+    assert_eq!(d.reason_codes, vec!["PARTNER_NOT_APPROVED"]);
+
     // Other partners see nothing; lists page.
     let e = c
         .get_application(as_partner(
@@ -324,7 +369,7 @@ async fn scenario(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(l2.applications.len(), 1);
+    assert_eq!(l2.applications.len(), 2);
     assert!(l2.next_page_token.is_empty());
     let none = c
         .list_applications(as_partner("p2", pb::ListApplicationsRequest::default()))

@@ -62,6 +62,11 @@ pub enum Plant {
     OverBorrowed,
     /// On a watchlist: rejected by KYC (WATCHLIST_HIT).
     Watchlisted,
+    /// A thin, shrinking business: risk-priced above the all-in cap (NOT_PRICEABLE_UNDER_CAP).
+    HighRisk,
+    /// An individual business borrowing its whole RMB 200,000 cap; applying
+    /// again before repaying is over the per-borrower limit (BORROWER_LIMIT_REACHED).
+    AtBorrowerCap,
 }
 
 #[derive(Clone, Debug)]
@@ -132,6 +137,8 @@ pub fn generate(n: usize, seed: u64, today: chrono::NaiveDate) -> Vec<Borrower> 
                 13 | 38 | 63 | 88 => Plant::TooOld,
                 17 | 42 | 68 | 93 => Plant::OverBorrowed,
                 19 | 53 | 79 => Plant::Watchlisted,
+                23 | 57 => Plant::HighRisk,
+                29 | 83 => Plant::AtBorrowerCap,
                 _ => Plant::Good,
             };
             let (region, city) = REGIONS[rng.random_range(0..REGIONS.len())];
@@ -142,6 +149,11 @@ pub fn generate(n: usize, seed: u64, today: chrono::NaiveDate) -> Vec<Borrower> 
             };
             let mut rid = resident_id(&mut rng, region, age, today);
             let mut cc = credit_code(&mut rng, region);
+            if plant == Plant::AtBorrowerCap {
+                // 个体工商户: registration type 92.
+                cc = format!("92{}", &cc[2..17]);
+                cc.push(CreditCode::check_char(&cc).expect("valid characters"));
+            }
             if plant == Plant::InvalidId {
                 if i % 2 == 0 {
                     rid = corrupt(&rid, b"0123456789X");
@@ -175,7 +187,7 @@ pub fn generate(n: usize, seed: u64, today: chrono::NaiveDate) -> Vec<Borrower> 
             } else {
                 [6, 12, 18, 24, 36][rng.random_range(0..5)]
             };
-            Borrower {
+            let mut b = Borrower {
                 plant,
                 person_name,
                 resident_id: rid,
@@ -204,7 +216,31 @@ pub fn generate(n: usize, seed: u64, today: chrono::NaiveDate) -> Vec<Borrower> 
                 } else {
                     rng.random_range(0..3)
                 },
+            };
+            match plant {
+                Plant::HighRisk => {
+                    b.years_in_business = 0;
+                    b.annual_tax_revenue = 150_000 * 100;
+                    b.invoice_turnover = 400_000 * 100;
+                    b.requested = 100_000 * 100;
+                    b.turnover_trend_bps = -3_000;
+                    b.partner_score = 150;
+                    b.open_loans_elsewhere = 3;
+                }
+                Plant::AtBorrowerCap => {
+                    b.years_in_business = 10;
+                    b.annual_tax_revenue = 10_000_000 * 100;
+                    b.invoice_turnover = 12_000_000 * 100;
+                    b.requested = 200_000 * 100;
+                    b.turnover_trend_bps = 2_500;
+                    b.partner_score = 850;
+                    b.open_loans_elsewhere = 0;
+                    b.method = 1;
+                    b.term_months = 12;
+                }
+                _ => {}
             }
+            b
         })
         .collect()
 }

@@ -123,6 +123,8 @@ enum Outcome {
         repaid: i64,
         bank_recs: Vec<Rec>,
         partner_recs: Vec<Rec>,
+        /// The same borrower applying again while owing its whole cap.
+        repeat: Option<(String, Vec<String>)>,
     },
     Error(String),
 }
@@ -161,6 +163,8 @@ pub struct Summary {
     pub outcomes: BTreeMap<String, u64>,
     pub decline_reasons: BTreeMap<String, u64>,
     pub duplicates_rejected: u64,
+    /// Second applications of borrowers already owing their whole cap, by status.
+    pub repeat_applications: BTreeMap<String, u64>,
     pub funded: FundedSummary,
     pub reconciliation: ReconSummary,
     pub ledger_balanced: bool,
@@ -224,6 +228,10 @@ fn submission(c: &Clients, i: usize, b: &Borrower, attempt: &str) -> acq::Submit
             channel: "app".into(),
             text_version: "2026.1".into(),
         }),
+        partner_decision: Some(acq::PartnerDecision {
+            approved: true,
+            reference: format!("risk-{}-{i}{attempt}", c.run),
+        }),
     }
 }
 
@@ -267,35 +275,9 @@ async fn one(
         }
     }
     // Follow the application live until funds are reserved or it ends.
-    let watched = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut stream = acqc
-            .watch_application(request(
-                acq::WatchApplicationRequest {
-                    application_id: app.application_id.clone(),
-                },
-                Duration::from_secs(60),
-                Some(&c.partner),
-            ))
-            .await?
-            .into_inner();
-        let mut last = app.clone();
-        while let Some(m) = stream.message().await? {
-            last = m.application.unwrap_or_default();
-            let s = status_name(last.status);
-            if matches!(
-                s.as_str(),
-                "FUNDS_RESERVED" | "KYC_REJECTED" | "DECLINED" | "FUNDING_REJECTED" | "FAILED"
-            ) {
-                break;
-            }
-        }
-        Ok::<_, tonic::Status>(last)
-    })
-    .await;
-    let app = match watched {
-        Ok(Ok(a)) => a,
-        Ok(Err(s)) => return Outcome::Error(format!("watch #{i}: {} {}", s.code(), s.message())),
-        Err(_) => return Outcome::Error(format!("watch #{i}: no final status within 60 s")),
+    let app = match watch(&c, app).await {
+        Ok(a) => a,
+        Err(e) => return Outcome::Error(format!("watch #{i}: {e}")),
     };
     let status = status_name(app.status);
     if status != "FUNDS_RESERVED" {
@@ -328,6 +310,25 @@ async fn one(
         Ok(r) => r.into_inner().loan.unwrap_or_default(),
         Err(s) => return Outcome::Error(format!("disburse #{i}: {} {}", s.code(), s.message())),
     };
+    // A borrower at its per-borrower cap applies again before repaying: the
+    // bank must decline the second loan on the limit.
+    let mut repeat = None;
+    if b.plant == Plant::AtBorrowerCap {
+        let again = acqc
+            .submit_application(request(
+                submission(&c, i, &b, "-repeat"),
+                CALL,
+                Some(&c.partner),
+            ))
+            .await;
+        match again {
+            Ok(r) => match watch(&c, r.into_inner().application.unwrap_or_default()).await {
+                Ok(a) => repeat = Some((status_name(a.status), a.reason_codes)),
+                Err(e) => return Outcome::Error(format!("repeat watch #{i}: {e}")),
+            },
+            Err(s) => return Outcome::Error(format!("repeat #{i}: {} {}", s.code(), s.message())),
+        }
+    }
     let first = loan.schedule.first().map(|x| minor(&x.total)).unwrap_or(0);
     let rep_ref = format!("BNK-R-{}-1", &loan_id[5..]);
     let rep = match fc
@@ -436,11 +437,88 @@ async fn one(
         repaid: minor(&rep.amount),
         bank_recs,
         partner_recs,
+        repeat,
+    }
+}
+
+/// Follows an application until funds are reserved or it ends.
+async fn watch(c: &Clients, app: acq::Application) -> Result<acq::Application, String> {
+    let mut acqc = c.acquisition.clone();
+    let watched = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut stream = acqc
+            .watch_application(request(
+                acq::WatchApplicationRequest {
+                    application_id: app.application_id.clone(),
+                },
+                Duration::from_secs(60),
+                Some(&c.partner),
+            ))
+            .await?
+            .into_inner();
+        let mut last = app.clone();
+        while let Some(m) = stream.message().await? {
+            last = m.application.unwrap_or_default();
+            let s = status_name(last.status);
+            if matches!(
+                s.as_str(),
+                "FUNDS_RESERVED" | "KYC_REJECTED" | "DECLINED" | "FUNDING_REJECTED" | "FAILED"
+            ) {
+                break;
+            }
+        }
+        Ok::<_, tonic::Status>(last)
+    })
+    .await;
+    match watched {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(s)) => Err(format!("{} {}", s.code(), s.message())),
+        Err(_) => Err("no final status within 60 s".into()),
     }
 }
 
 async fn setup(c: &Clients, share_bps: i32) -> anyhow::Result<()> {
     let mut f = c.funding.clone();
+    // The partner goes on the bank's whitelist (rule C12).
+    f.whitelist_institution(request(
+        fund::WhitelistInstitutionRequest {
+            request_id: format!("demo-whitelist-{}", c.partner),
+            entry: Some(fund::WhitelistEntry {
+                institution_id: c.partner.clone(),
+                kind: fund::InstitutionKind::Partner as i32,
+                effective_from: "2026-01-01".into(),
+                effective_to: String::new(),
+            }),
+        },
+        CALL,
+        None,
+    ))
+    .await?;
+    // Reference data for rules C2 and C3, unless the bank has set its own.
+    let reference = f
+        .get_bank_reference(request(
+            fund::GetBankReferenceRequest::default(),
+            CALL,
+            None,
+        ))
+        .await;
+    if matches!(&reference, Err(s) if s.code() == tonic::Code::NotFound) {
+        f.set_bank_reference(request(
+            fund::SetBankReferenceRequest {
+                request_id: "demo-bank-reference".into(),
+                reference: Some(fund::BankReference {
+                    // RMB 80 billion net tier-1 capital, RMB 1 trillion of loans.
+                    net_tier1_capital: cny(80_000_000_000 * 100),
+                    total_loan_balance: cny(1_000_000_000_000 * 100),
+                    as_of: "2026-09-30".into(),
+                }),
+            },
+            CALL,
+            None,
+        ))
+        .await?;
+    } else {
+        reference?;
+    }
     f.upsert_agreement(request(
         fund::UpsertAgreementRequest {
             request_id: format!("demo-agreement-{}", c.partner),
@@ -592,7 +670,14 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
                 repaid,
                 bank_recs: b,
                 partner_recs: p,
+                repeat,
             } => {
+                if let Some((status, reasons)) = repeat {
+                    for r in &reasons {
+                        *s.decline_reasons.entry(r.clone()).or_default() += 1;
+                    }
+                    *s.repeat_applications.entry(status).or_default() += 1;
+                }
                 *s.outcomes.entry(format!("FUNDED ({status})")).or_default() += 1;
                 if bank + partner != principal {
                     s.invariant_violations
@@ -731,6 +816,9 @@ fn print_text(s: &Summary) {
         println!("  {k:<28} {v}");
     }
     println!("  duplicate submissions refused {}", s.duplicates_rejected);
+    for (k, v) in &s.repeat_applications {
+        println!("  repeat applications {k:<14} {v}");
+    }
     if !s.decline_reasons.is_empty() {
         println!("decline and rejection reasons:");
         for (k, v) in &s.decline_reasons {

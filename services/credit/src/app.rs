@@ -205,5 +205,8 @@ fn to_domain(i: &pb::DecisionInput) -> Input {
         turnover_trend_bps: i.turnover_trend_bps,
         open_loans_elsewhere: i.open_loans_elsewhere,
         watchlist_hit: i.watchlist_hit,
+        existing_exposure: minor(&i.existing_exposure),
+        individual_business: i.individual_business,
+        partner_approved: i.partner_approved,
     }
 }

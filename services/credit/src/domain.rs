@@ -25,6 +25,10 @@ pub struct Policy {
     pub max_term_months: i32,
     /// Interest-first loans at most this long (rule C6: one year).
     pub max_bullet_term_months: i32,
+    /// Most a business may owe across partners (rule C6b: 1,000,000 CNY online).
+    pub per_borrower_cap: i64,
+    /// Most an individual business (个体工商户) may owe (rule C6: 200,000 CNY).
+    pub individual_borrower_cap: i64,
     pub funding_cost_bps: i32,
     pub operating_cost_bps: i32,
     pub lgd_bps: i32,
@@ -63,13 +67,15 @@ impl Policy {
             min_term_months: env_parse("COLEND_CREDIT_MIN_TERM_MONTHS", 3)?,
             max_term_months: env_parse("COLEND_CREDIT_MAX_TERM_MONTHS", 36)?,
             max_bullet_term_months: env_parse("COLEND_CREDIT_MAX_BULLET_TERM_MONTHS", 12)?,
+            per_borrower_cap: env_parse("COLEND_CREDIT_PER_BORROWER_CAP_MINOR", 100_000_000)?,
+            individual_borrower_cap: env_parse("COLEND_CREDIT_INDIVIDUAL_CAP_MINOR", 20_000_000)?,
             funding_cost_bps: env_parse("COLEND_CREDIT_FUNDING_COST_BPS", 250)?,
             operating_cost_bps: env_parse("COLEND_CREDIT_OPERATING_COST_BPS", 150)?,
             lgd_bps: env_parse("COLEND_CREDIT_LGD_BPS", 4_500)?,
             margin_bps: env_parse("COLEND_CREDIT_MARGIN_BPS", 200)?,
             fee_bps: env_parse("COLEND_CREDIT_FEE_BPS", 100)?,
             apr_cap_bps: env_parse("COLEND_CREDIT_APR_CAP_BPS", 2_400)?,
-            max_pd_bps: env_parse("COLEND_CREDIT_MAX_PD_BPS", 2_000)?,
+            max_pd_bps: env_parse("COLEND_CREDIT_MAX_PD_BPS", 5_000)?,
         })
     }
 
@@ -95,6 +101,14 @@ impl Policy {
             p.push((
                 "min_term_months",
                 "terms must satisfy 0 < min <= max <= 360",
+            ));
+        }
+        if !(0 < self.individual_borrower_cap
+            && self.individual_borrower_cap <= self.per_borrower_cap)
+        {
+            p.push((
+                "individual_borrower_cap",
+                "must be positive and at most per_borrower_cap",
             ));
         }
         if self.max_bullet_term_months <= 0 {
@@ -147,6 +161,10 @@ pub struct Input {
     pub turnover_trend_bps: i32,
     pub open_loans_elsewhere: i32,
     pub watchlist_hit: bool,
+    /// Principal already owed across partners.
+    pub existing_exposure: i64,
+    pub individual_business: bool,
+    pub partner_approved: bool,
 }
 
 /// The decision.
@@ -211,7 +229,8 @@ pub fn score(i: &Input) -> i32 {
 
 /// Probability of default, basis points, by linear interpolation between anchors.
 pub fn pd_from_points(points: i32) -> i32 {
-    const ANCHORS: [(i32, i32); 6] = [
+    const ANCHORS: [(i32, i32); 7] = [
+        (440, 6000),
         (500, 3000),
         (560, 1200),
         (620, 500),
@@ -293,11 +312,22 @@ pub fn decide(i: &Input, p: &Policy) -> Outcome {
     }
     // Half of the larger of tax revenue and invoiced turnover.
     let revenue_limit = i.annual_tax_revenue.max(i.invoice_turnover_12m) / 2;
+    // What the borrower may still owe under its cap (rules C6 / C6b).
+    let cap = if i.individual_business {
+        p.individual_borrower_cap
+    } else {
+        p.per_borrower_cap
+    };
+    let headroom = (cap - i.existing_exposure).max(0);
+    if headroom < p.product_min_amount {
+        r(&mut reasons, "BORROWER_LIMIT_REACHED");
+    }
     let approved_amount = i
         .requested_amount
         .min(grade_limit(g))
         .min(p.product_max_amount)
-        .min(revenue_limit);
+        .min(revenue_limit)
+        .min(headroom);
     if reasons.is_empty() && approved_amount < p.product_min_amount {
         r(&mut reasons, "AMOUNT_BELOW_MINIMUM_AFTER_LIMITS");
     }
@@ -308,6 +338,11 @@ pub fn decide(i: &Input, p: &Policy) -> Outcome {
     let all_in_apr_bps = annual_rate_bps + p.fee_bps;
     if all_in_apr_bps > p.apr_cap_bps {
         r(&mut reasons, "NOT_PRICEABLE_UNDER_CAP");
+    }
+    // Both lenders must approve a co-funded loan; the partner's "yes" is
+    // needed, never sufficient.
+    if !i.partner_approved {
+        r(&mut reasons, "PARTNER_NOT_APPROVED");
     }
     let approved = reasons.is_empty();
     Outcome {
@@ -347,6 +382,9 @@ mod tests {
             turnover_trend_bps: 1_000,
             open_loans_elsewhere: 0,
             watchlist_hit: false,
+            existing_exposure: 0,
+            individual_business: false,
+            partner_approved: true,
         }
     }
 
@@ -410,6 +448,75 @@ mod tests {
         let o = decide(&i, &p);
         assert!(o.approved_amount <= grade_limit(o.grade));
         assert!(o.approved_amount <= i.annual_tax_revenue.max(i.invoice_turnover_12m) / 2);
+    }
+
+    #[test]
+    fn per_borrower_caps_at_the_cent() {
+        let p = policy();
+        let mut i = good();
+        i.individual_business = true;
+        i.requested_amount = 200_000 * CNY;
+        // RMB 200,000 cap: exactly at the cap is fine.
+        assert_eq!(decide(&i, &p).approved_amount, 200_000 * CNY);
+        // Owing RMB 190,000.01 leaves 9,999.99: below the product minimum.
+        i.existing_exposure = 190_000 * CNY + 1;
+        assert_eq!(decide(&i, &p).reasons, vec!["BORROWER_LIMIT_REACHED"]);
+        // Owing RMB 190,000.00 leaves exactly the minimum of 10,000.00.
+        i.existing_exposure = 190_000 * CNY;
+        assert_eq!(decide(&i, &p).approved_amount, 10_000 * CNY);
+        // A company's cap is RMB 1,000,000.
+        let mut c = good();
+        c.existing_exposure = 900_000 * CNY;
+        assert_eq!(decide(&c, &p).approved_amount, 100_000 * CNY);
+    }
+
+    #[test]
+    fn apr_exactly_at_the_cap_passes_one_bp_over_fails() {
+        let mut p = policy();
+        let o = decide(&good(), &p);
+        p.apr_cap_bps = o.all_in_apr_bps;
+        assert!(decide(&good(), &p).approved);
+        p.apr_cap_bps = o.all_in_apr_bps - 1;
+        assert_eq!(decide(&good(), &p).reasons, vec!["NOT_PRICEABLE_UNDER_CAP"]);
+    }
+
+    #[test]
+    fn age_limits_on_the_birthday() {
+        let p = policy();
+        let mut i = good();
+        i.age = p.max_age;
+        assert!(decide(&i, &p).approved);
+        i.age = p.max_age + 1;
+        assert_eq!(decide(&i, &p).reasons, vec!["AGE_OUT_OF_RANGE"]);
+        i.age = p.min_age - 1;
+        assert_eq!(decide(&i, &p).reasons, vec!["AGE_OUT_OF_RANGE"]);
+    }
+
+    #[test]
+    fn a_high_risk_borrower_is_declined_for_price() {
+        let p = policy();
+        let mut i = good();
+        i.years_in_business = 0;
+        i.annual_tax_revenue = 150_000 * CNY;
+        i.invoice_turnover_12m = 400_000 * CNY;
+        i.requested_amount = 100_000 * CNY;
+        i.turnover_trend_bps = -3_000;
+        i.partner_score = 150;
+        i.open_loans_elsewhere = 3;
+        let o = decide(&i, &p);
+        assert!(o.pd_bps > 3_777 && o.pd_bps <= p.max_pd_bps, "{o:?}");
+        assert_eq!(o.reasons, vec!["NOT_PRICEABLE_UNDER_CAP"]);
+    }
+
+    #[test]
+    fn the_partner_must_approve_too() {
+        let p = policy();
+        let mut i = good();
+        i.partner_approved = false;
+        let o = decide(&i, &p);
+        assert_eq!(o.reasons, vec!["PARTNER_NOT_APPROVED"]);
+        // The bank's own assessment is still made and recorded.
+        assert_eq!(o.pd_bps, decide(&good(), &p).pd_bps);
     }
 
     #[test]

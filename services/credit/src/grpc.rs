@@ -44,6 +44,8 @@ fn to_pb(p: &Policy) -> pb::Policy {
         apr_cap_bps: p.apr_cap_bps,
         max_pd_bps: p.max_pd_bps,
         max_bullet_term_months: p.max_bullet_term_months,
+        per_borrower_cap: money(p.per_borrower_cap),
+        individual_borrower_cap: money(p.individual_borrower_cap),
     }
 }
 
@@ -84,6 +86,16 @@ fn from_pb(p: &pb::Policy, v: &mut Violations) -> Policy {
         min_term_months: p.min_term_months,
         max_term_months: p.max_term_months,
         max_bullet_term_months: p.max_bullet_term_months,
+        per_borrower_cap: p
+            .per_borrower_cap
+            .as_ref()
+            .map(|m| m.minor_units)
+            .unwrap_or(0),
+        individual_borrower_cap: p
+            .individual_borrower_cap
+            .as_ref()
+            .map(|m| m.minor_units)
+            .unwrap_or(0),
         funding_cost_bps: p.funding_cost_bps,
         operating_cost_bps: p.operating_cost_bps,
         lgd_bps: p.lgd_bps,

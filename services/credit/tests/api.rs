@@ -28,6 +28,10 @@ fn input(app: &str, purpose: &str, age: i32) -> pb::DecisionInput {
         turnover_trend_bps: 1_000,
         open_loans_elsewhere: 0,
         watchlist_hit: false,
+        existing_exposure: cny(0),
+        individual_business: false,
+        partner_approved: true,
+        partner_decision_ref: "p1-risk-1".into(),
     }
 }
 

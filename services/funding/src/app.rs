@@ -1,5 +1,5 @@
 //! Funding use cases.
-use crate::domain::{self, Instalment, Method, Paid, Split, Terms};
+use crate::domain::{self, Instalment, Jurisdiction, Method, Paid, Split, Terms};
 use colend_contracts::acquisition::v1 as acq;
 use colend_contracts::acquisition::v1::acquisition_service_client::AcquisitionServiceClient;
 use colend_contracts::common::v1::{Funder, Money, RepaymentMethod};
@@ -15,16 +15,41 @@ use tonic::transport::Channel;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Jurisdiction minimum partner share (`COLEND_FUNDING_MIN_PARTNER_SHARE_BPS`, CN default 3000).
+    /// Co-lending rules (`COLEND_FUNDING_JURISDICTION`: CN, IN-2020 or IN-2025; default CN).
+    pub jurisdiction: Jurisdiction,
+    /// Minimum partner share (`COLEND_FUNDING_MIN_PARTNER_SHARE_BPS`; default: the jurisdiction's).
     pub min_partner_share_bps: i64,
+    /// Rule C2: one partner's co-lent balance against net tier-1 capital (`COLEND_FUNDING_C2_BPS`, 2500).
+    pub c2_bps: i64,
+    /// Rule C3: all co-lent loans against the total loan balance (`COLEND_FUNDING_C3_BPS`, 5000).
+    pub c3_bps: i64,
+    /// A reservation not disbursed within this is voided (`COLEND_FUNDING_RESERVATION_TTL_SECS`, 86400).
+    pub reservation_ttl: Duration,
+    /// How often expired reservations are swept (`COLEND_FUNDING_SWEEP_SECS`, 30).
+    pub sweep_every: Duration,
     /// Agreement cache TTL (`COLEND_FUNDING_AGREEMENT_CACHE_TTL_SECS`, default 60).
     pub agreement_ttl: Duration,
 }
 
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
+        let j = colend_platform::config::env_or("COLEND_FUNDING_JURISDICTION", "CN");
+        let jurisdiction = Jurisdiction::parse(&j).ok_or_else(|| {
+            anyhow::anyhow!("COLEND_FUNDING_JURISDICTION={j:?} is not one of CN, IN-2020, IN-2025")
+        })?;
         Ok(Settings {
-            min_partner_share_bps: env_parse("COLEND_FUNDING_MIN_PARTNER_SHARE_BPS", 3_000)?,
+            jurisdiction,
+            min_partner_share_bps: env_parse(
+                "COLEND_FUNDING_MIN_PARTNER_SHARE_BPS",
+                jurisdiction.min_partner_share_bps(),
+            )?,
+            c2_bps: env_parse("COLEND_FUNDING_C2_BPS", 2_500)?,
+            c3_bps: env_parse("COLEND_FUNDING_C3_BPS", 5_000)?,
+            reservation_ttl: Duration::from_secs(env_parse(
+                "COLEND_FUNDING_RESERVATION_TTL_SECS",
+                86_400u64,
+            )?),
+            sweep_every: Duration::from_secs(env_parse("COLEND_FUNDING_SWEEP_SECS", 30u64)?.max(1)),
             agreement_ttl: Duration::from_secs(env_parse(
                 "COLEND_FUNDING_AGREEMENT_CACHE_TTL_SECS",
                 60u64,
@@ -45,7 +70,7 @@ pub struct Funding {
 const LOAN_COLS: &str = "loan_id, application_id, partner_id, status, currency, principal, bank_amount, \
     partner_amount, agreement_version, partner_share_bps, bank_rate_bps, partner_rate_bps, annual_rate_bps, \
     term_months, method, reserved_on, disbursed_on, disbursement_ref, principal_paid, interest_paid, penalty_paid, \
-    partner_principal_paid, partner_interest_paid, partner_penalty_paid";
+    partner_principal_paid, partner_interest_paid, partner_penalty_paid, borrower_key, expires_at";
 
 /// A loan as stored.
 #[derive(Clone, Debug)]
@@ -67,6 +92,8 @@ struct LoanRow {
     disbursed_on: String,
     disbursement_ref: String,
     paid: Paid,
+    borrower_key: String,
+    expires_at: i64,
 }
 
 fn loan_row(r: &AnyRow) -> LoanRow {
@@ -100,6 +127,8 @@ fn loan_row(r: &AnyRow) -> LoanRow {
             partner_interest: r.get(22),
             partner_penalty: r.get(23),
         },
+        borrower_key: r.get(24),
+        expires_at: r.get(25),
     }
 }
 
@@ -219,6 +248,7 @@ fn loan_pb(l: &LoanRow, schedule: &[Instalment], repayments: Vec<pb::Repayment>)
         bank_outstanding: money(bank_out, c),
         partner_outstanding: money(partner_out, c),
         repayments,
+        reservation_expires_at: (l.status == "RESERVED").then(|| timestamp(l.expires_at)),
     }
 }
 
@@ -262,6 +292,62 @@ async fn post(
     Ok(())
 }
 
+/// Voids a reserved loan and gives back everything it held: the partner's
+/// total and daily quota and the bank's C2/C3 exposure.
+async fn void_reserved(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<LoanRow> {
+    let mut l = load_loan(conn, loan_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("loan".into()))?;
+    if l.status != "RESERVED" {
+        return Err(ApiError::InvalidState(format!(
+            "loan is {}, only a reserved loan can be released",
+            l.status
+        )));
+    }
+    let voided = sqlx::query("UPDATE loans SET status = 'VOID', updated_at = $1 WHERE loan_id = $2 AND status = 'RESERVED'")
+        .bind(now_millis())
+        .bind(loan_id)
+        .execute(&mut *conn)
+        .await?;
+    if voided.rows_affected() != 1 {
+        return Err(ApiError::InvalidState(
+            "the loan was voided concurrently".into(),
+        ));
+    }
+    sqlx::query("UPDATE partner_usage SET used = used - $1 WHERE partner_id = $2")
+        .bind(l.partner_amount)
+        .bind(&l.partner_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE partner_daily_usage SET used = used - $1 WHERE partner_id = $2 AND day = $3",
+    )
+    .bind(l.partner_amount)
+    .bind(&l.partner_id)
+    .bind(&l.reserved_on)
+    .execute(&mut *conn)
+    .await?;
+    release_bank_exposure(conn, &l.partner_id, l.bank_amount).await?;
+    l.status = "VOID".into();
+    Ok(l)
+}
+
+/// The bank's share of co-lent principal goes down (repaid or voided).
+async fn release_bank_exposure(
+    conn: &mut AnyConnection,
+    partner_id: &str,
+    amount: i64,
+) -> ApiResult<()> {
+    for scope in [format!("PARTNER:{partner_id}"), "ALL".to_string()] {
+        sqlx::query("UPDATE bank_exposure SET used = used - $1 WHERE scope = $2")
+            .bind(amount)
+            .bind(scope)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 impl Funding {
     pub fn new(
         db: Db,
@@ -297,6 +383,7 @@ impl Funding {
         if let Some(problem) = domain::share_problem(
             a.partner_share_bps as i64,
             self.settings.min_partner_share_bps,
+            self.settings.jurisdiction.min_bank_share_bps(),
         ) {
             return Err(ApiError::field("agreement.partner_share_bps", &problem));
         }
@@ -402,6 +489,7 @@ impl Funding {
         }
         let split = domain::split(principal.minor_units, agreement.partner_share_bps as i64);
         let scope = format!("ReserveFunding:{}", r.partner_id);
+        let settings = self.settings.clone();
         idempotency::run(&self.db, scope, request_id, hash, move |tx| {
             Box::pin(async move {
                 let exists: Option<(String,)> = sqlx::query_as("SELECT loan_id FROM loans WHERE application_id = $1")
@@ -412,6 +500,20 @@ impl Funding {
                     return Err(ApiError::InvalidState(format!("application already has loan {id}")));
                 }
                 let day = format_date(today());
+                // Rule C12: the partner must be on the whitelist today.
+                let listed: Option<(String,)> = sqlx::query_as(
+                    "SELECT institution_id FROM whitelist WHERE institution_id = $1 AND kind = 'PARTNER' \
+                     AND effective_from <= $2 AND (effective_to = '' OR effective_to >= $2)",
+                )
+                .bind(&r.partner_id)
+                .bind(&day)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if listed.is_none() {
+                    return Err(ApiError::NotWhitelisted(format!("partner {} is not on the bank's whitelist today", r.partner_id)));
+                }
+                // Every path takes its rows in one order (partner quota, daily quota,
+                // bank exposure of the partner, of all), so concurrent bookings never deadlock.
                 let total_quota = agreement.total_quota.as_ref().map(|m| m.minor_units).unwrap_or(0);
                 let daily_quota = agreement.daily_quota.as_ref().map(|m| m.minor_units).unwrap_or(0);
                 sqlx::query("INSERT INTO partner_usage (partner_id, used) VALUES ($1, 0) ON CONFLICT DO NOTHING")
@@ -427,7 +529,7 @@ impl Funding {
                 .execute(&mut *tx)
                 .await?;
                 if total.rows_affected() != 1 {
-                    return Err(ApiError::QuotaExceeded("the partner's total co-funding quota would be exceeded".into()));
+                    return Err(ApiError::limit("PARTNER_TOTAL_QUOTA", "the partner's total co-funding quota would be exceeded"));
                 }
                 sqlx::query(
                     "INSERT INTO partner_daily_usage (partner_id, day, used) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
@@ -446,7 +548,34 @@ impl Funding {
                 .execute(&mut *tx)
                 .await?;
                 if daily.rows_affected() != 1 {
-                    return Err(ApiError::QuotaExceeded("the partner's daily co-funding quota would be exceeded".into()));
+                    return Err(ApiError::limit("PARTNER_DAILY_QUOTA", "the partner's daily co-funding quota would be exceeded"));
+                }
+                // Rules C2 and C3, on the bank's share, against the reference data.
+                let reference: Option<(i64, i64)> =
+                    sqlx::query_as("SELECT net_tier1_capital, total_loan_balance FROM bank_reference WHERE id = 1")
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let (tier1, total_loans) = reference.ok_or_else(|| {
+                    ApiError::InvalidState("the bank's reference data (net tier-1 capital, total loans) is not set".into())
+                })?;
+                let partner_scope = format!("PARTNER:{}", r.partner_id);
+                for (scope, limit, name, what) in [
+                    (partner_scope.as_str(), domain::limit_of(tier1, settings.c2_bps), "C2_PARTNER_CONCENTRATION", "the partner's co-lent balance would exceed its share of net tier-1 capital"),
+                    ("ALL", domain::limit_of(total_loans, settings.c3_bps), "C3_CO_LENDING_RATIO", "co-lent loans would exceed their share of the bank's total loans"),
+                ] {
+                    sqlx::query("INSERT INTO bank_exposure (scope, used) VALUES ($1, 0) ON CONFLICT DO NOTHING")
+                        .bind(scope)
+                        .execute(&mut *tx)
+                        .await?;
+                    let ok = sqlx::query("UPDATE bank_exposure SET used = used + $1 WHERE scope = $2 AND used + $1 <= $3")
+                        .bind(split.bank)
+                        .bind(scope)
+                        .bind(limit)
+                        .execute(&mut *tx)
+                        .await?;
+                    if ok.rows_affected() != 1 {
+                        return Err(ApiError::limit(name, what));
+                    }
                 }
                 let now = now_millis();
                 let row = LoanRow {
@@ -471,10 +600,12 @@ impl Funding {
                     disbursed_on: String::new(),
                     disbursement_ref: String::new(),
                     paid: Paid::default(),
+                    borrower_key: r.borrower_key.clone(),
+                    expires_at: now + settings.reservation_ttl.as_millis() as i64,
                 };
                 sqlx::query(&format!(
                     "INSERT INTO loans ({LOAN_COLS}, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                     $11, $12, $13, $14, $15, $16, $17, $18, 0, 0, 0, 0, 0, 0, $19, $19)"
+                     $11, $12, $13, $14, $15, $16, $17, $18, 0, 0, 0, 0, 0, 0, $19, $20, $21, $21)"
                 ))
                 .bind(&row.loan_id)
                 .bind(&row.application_id)
@@ -494,6 +625,8 @@ impl Funding {
                 .bind(&row.reserved_on)
                 .bind(&row.disbursed_on)
                 .bind(&row.disbursement_ref)
+                .bind(&row.borrower_key)
+                .bind(row.expires_at)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
@@ -511,34 +644,208 @@ impl Funding {
         loan_id: String,
         reason: String,
     ) -> ApiResult<pb::Loan> {
-        idempotency::run(&self.db, "ReleaseFunding".into(), request_id, hash, move |tx| {
-            Box::pin(async move {
-                let mut l = load_loan(tx, &loan_id).await?.ok_or_else(|| ApiError::NotFound("loan".into()))?;
-                if l.status != "RESERVED" {
-                    return Err(ApiError::InvalidState(format!("loan is {}, only a reserved loan can be released", l.status)));
+        let why = reason.clone();
+        let loan = idempotency::run(
+            &self.db,
+            "ReleaseFunding".into(),
+            request_id,
+            hash,
+            move |tx| {
+                Box::pin(async move {
+                    let l = void_reserved(tx, &loan_id).await?;
+                    tracing::info!(loan_id = %loan_id, reason = %reason, "reservation released");
+                    Ok(loan_pb(&l, &[], Vec::new()))
+                })
+            },
+        )
+        .await?;
+        self.notify_void(
+            &loan,
+            "RESERVATION_RELEASED",
+            format!("funding reservation released: {why}"),
+        );
+        Ok(loan)
+    }
+
+    /// Voids every reservation past its expiry; returns how many.
+    pub async fn sweep_expired(&self) -> ApiResult<usize> {
+        let expired: Vec<(String,)> = sqlx::query_as(
+            "SELECT loan_id FROM loans WHERE status = 'RESERVED' AND expires_at < $1 ORDER BY expires_at LIMIT 500",
+        )
+        .bind(now_millis())
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut n = 0;
+        for (loan_id,) in expired {
+            let db = self.db.clone();
+            let voided = tokio::spawn(async move {
+                let mut tx = db.pool.begin().await?;
+                match void_reserved(&mut tx, &loan_id).await {
+                    Ok(l) => {
+                        tx.commit().await?;
+                        Ok(Some(l))
+                    }
+                    Err(ApiError::InvalidState(_)) => Ok(None),
+                    Err(e) => Err(e),
                 }
-                sqlx::query("UPDATE partner_usage SET used = used - $1 WHERE partner_id = $2")
-                    .bind(l.partner_amount)
-                    .bind(&l.partner_id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("UPDATE partner_daily_usage SET used = used - $1 WHERE partner_id = $2 AND day = $3")
-                    .bind(l.partner_amount)
-                    .bind(&l.partner_id)
-                    .bind(&l.reserved_on)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("UPDATE loans SET status = 'VOID', updated_at = $1 WHERE loan_id = $2")
-                    .bind(now_millis())
-                    .bind(&loan_id)
-                    .execute(&mut *tx)
-                    .await?;
-                tracing::info!(loan_id = %loan_id, reason = %reason, "reservation released");
-                l.status = "VOID".into();
-                Ok(loan_pb(&l, &[], Vec::new()))
+            })
+            .await
+            .map_err(|e| ApiError::internal(anyhow::anyhow!("sweep task failed: {e}")))??;
+            if let Some(l) = voided {
+                n += 1;
+                let loan = loan_pb(&l, &[], Vec::new());
+                self.notify_void(
+                    &loan,
+                    "RESERVATION_EXPIRED",
+                    "funding reservation expired before disbursement".into(),
+                );
+            }
+        }
+        if n > 0 {
+            tracing::info!(count = n, "expired reservations voided");
+        }
+        Ok(n)
+    }
+
+    /// Sweeps expired reservations in the background.
+    pub fn spawn_sweeper(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(this.settings.sweep_every).await;
+                if let Err(e) = this.sweep_expired().await {
+                    tracing::warn!(error = %e, "sweeping expired reservations failed");
+                }
+            }
+        });
+    }
+
+    /// Tells acquisition that a reservation was voided.
+    fn notify_void(&self, loan: &pb::Loan, code: &str, detail: String) {
+        self.notify_with(
+            format!("void:{}", loan.loan_id),
+            loan,
+            acq::ApplicationStatus::FundingRejected,
+            detail,
+            vec![code.to_string()],
+        );
+    }
+
+    /// Sets the bank's reference data.
+    pub async fn set_bank_reference(
+        &self,
+        request_id: String,
+        hash: String,
+        r: pb::BankReference,
+    ) -> ApiResult<pb::BankReference> {
+        idempotency::run(&self.db, "SetBankReference".into(), request_id, hash, move |tx| {
+            Box::pin(async move {
+                let tier1 = r.net_tier1_capital.clone().unwrap_or_default();
+                let total = r.total_loan_balance.clone().unwrap_or_default();
+                sqlx::query("DELETE FROM bank_reference WHERE id = 1").execute(&mut *tx).await?;
+                sqlx::query(
+                    "INSERT INTO bank_reference (id, net_tier1_capital, total_loan_balance, currency, as_of, updated_at) \
+                     VALUES (1, $1, $2, $3, $4, $5)",
+                )
+                .bind(tier1.minor_units)
+                .bind(total.minor_units)
+                .bind(&tier1.currency_code)
+                .bind(&r.as_of)
+                .bind(now_millis())
+                .execute(&mut *tx)
+                .await?;
+                Ok(r)
             })
         })
         .await
+    }
+
+    /// The reference data and how much of each limit is used.
+    pub async fn bank_reference(
+        &self,
+        partner_id: &str,
+    ) -> ApiResult<pb::GetBankReferenceResponse> {
+        let row: Option<(i64, i64, String, String)> = sqlx::query_as(
+            "SELECT net_tier1_capital, total_loan_balance, currency, as_of FROM bank_reference WHERE id = 1",
+        )
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let (tier1, total, c, as_of) =
+            row.ok_or_else(|| ApiError::NotFound("bank reference data".into()))?;
+        let used = |scope: String| async move {
+            let r: Option<(i64,)> =
+                sqlx::query_as("SELECT used FROM bank_exposure WHERE scope = $1")
+                    .bind(scope)
+                    .fetch_optional(&self.db.pool)
+                    .await?;
+            Ok::<i64, ApiError>(r.map(|x| x.0).unwrap_or(0))
+        };
+        let all = used("ALL".into()).await?;
+        let (partner_used, partner_limit) = if partner_id.is_empty() {
+            (None, None)
+        } else {
+            (
+                money(used(format!("PARTNER:{partner_id}")).await?, &c),
+                money(domain::limit_of(tier1, self.settings.c2_bps), &c),
+            )
+        };
+        Ok(pb::GetBankReferenceResponse {
+            reference: Some(pb::BankReference {
+                net_tier1_capital: money(tier1, &c),
+                total_loan_balance: money(total, &c),
+                as_of,
+            }),
+            co_lent_total: money(all, &c),
+            co_lent_limit: money(domain::limit_of(total, self.settings.c3_bps), &c),
+            partner_co_lent: partner_used,
+            partner_limit,
+        })
+    }
+
+    /// Adds a whitelist entry.
+    pub async fn whitelist(
+        &self,
+        request_id: String,
+        hash: String,
+        e: pb::WhitelistEntry,
+    ) -> ApiResult<pb::WhitelistEntry> {
+        idempotency::run(&self.db, "WhitelistInstitution".into(), request_id, hash, move |tx| {
+            Box::pin(async move {
+                let kind = if e.kind == pb::InstitutionKind::CreditEnhancer as i32 { "CREDIT_ENHANCER" } else { "PARTNER" };
+                sqlx::query(
+                    "DELETE FROM whitelist WHERE institution_id = $1 AND kind = $2 AND effective_from = $3",
+                )
+                .bind(&e.institution_id)
+                .bind(kind)
+                .bind(&e.effective_from)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO whitelist (institution_id, kind, effective_from, effective_to, created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&e.institution_id)
+                .bind(kind)
+                .bind(&e.effective_from)
+                .bind(&e.effective_to)
+                .bind(now_millis())
+                .execute(&mut *tx)
+                .await?;
+                Ok(e)
+            })
+        })
+        .await
+    }
+
+    /// Principal a borrower owes, reserved or outstanding, across partners.
+    pub async fn borrower_exposure(&self, borrower_key: &str) -> ApiResult<i64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(principal - principal_paid), 0) AS BIGINT) FROM loans \
+             WHERE borrower_key = $1 AND status IN ('RESERVED', 'DISBURSED')",
+        )
+        .bind(borrower_key)
+        .fetch_one(&self.db.pool)
+        .await?;
+        Ok(n)
     }
 
     /// Books the bank's disbursement: schedule and ledger.
@@ -667,12 +974,13 @@ impl Funding {
                 .bind(&loan_id)
                 .execute(&mut *tx)
                 .await?;
-                // The partner's principal repaid frees its total quota (revolving).
+                // Principal repaid frees the partner's total quota (revolving) and the bank's C2/C3 room.
                 sqlx::query("UPDATE partner_usage SET used = used - $1 WHERE partner_id = $2")
                     .bind(a.partner.principal)
                     .bind(&l.partner_id)
                     .execute(&mut *tx)
                     .await?;
+                release_bank_exposure(tx, &l.partner_id, a.bank.principal).await?;
                 post(
                     tx,
                     &loan_id,
@@ -759,6 +1067,17 @@ impl Funding {
         status: acq::ApplicationStatus,
         detail: String,
     ) {
+        self.notify_with(event_id, loan, status, detail, Vec::new());
+    }
+
+    fn notify_with(
+        &self,
+        event_id: String,
+        loan: &pb::Loan,
+        status: acq::ApplicationStatus,
+        detail: String,
+        reason_codes: Vec<String>,
+    ) {
         let mut client = self.acquisition.clone();
         let timeout = self.call_timeout;
         let msg = acq::RecordLoanEventRequest {
@@ -767,6 +1086,7 @@ impl Funding {
             partner_id: loan.partner_id.clone(),
             status: status as i32,
             detail,
+            reason_codes,
         };
         let partner = loan.partner_id.clone();
         tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! The gRPC face of funding.
 use crate::app::Funding;
-use colend_contracts::common::v1::RepaymentMethod;
+use colend_contracts::common::v1::{Money, RepaymentMethod};
 use colend_contracts::funding::v1::{
     self as pb,
     funding_service_server::{FundingService, FundingServiceServer},
@@ -225,5 +225,122 @@ impl FundingService for FundingGrpc {
         _request: Request<pb::GetTrialBalanceRequest>,
     ) -> Result<Response<pb::GetTrialBalanceResponse>, Status> {
         Ok(Response::new(self.app.trial_balance().await?))
+    }
+
+    async fn set_bank_reference(
+        &self,
+        request: Request<pb::SetBankReferenceRequest>,
+    ) -> Result<Response<pb::SetBankReferenceResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        v.request_id(&r.request_id);
+        let Some(reference) = r.reference.clone() else {
+            return Err(ApiError::field("reference", "is required").into());
+        };
+        v.money(
+            "reference.net_tier1_capital",
+            &reference.net_tier1_capital,
+            Amount::Positive,
+        );
+        v.money(
+            "reference.total_loan_balance",
+            &reference.total_loan_balance,
+            Amount::Positive,
+        );
+        if let (Some(a), Some(b)) = (&reference.net_tier1_capital, &reference.total_loan_balance) {
+            v.check(
+                a.currency_code == b.currency_code,
+                "reference.total_loan_balance.currency_code",
+                "must match net_tier1_capital",
+            );
+        }
+        v.check(
+            parse_date(&reference.as_of).is_some(),
+            "reference.as_of",
+            "must be a date YYYY-MM-DD",
+        );
+        v.into_result()?;
+        let hash = request_hash(&r);
+        let stored = self
+            .app
+            .set_bank_reference(r.request_id, hash, reference)
+            .await?;
+        Ok(Response::new(pb::SetBankReferenceResponse {
+            reference: Some(stored),
+        }))
+    }
+
+    async fn get_bank_reference(
+        &self,
+        request: Request<pb::GetBankReferenceRequest>,
+    ) -> Result<Response<pb::GetBankReferenceResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(self.app.bank_reference(&r.partner_id).await?))
+    }
+
+    async fn whitelist_institution(
+        &self,
+        request: Request<pb::WhitelistInstitutionRequest>,
+    ) -> Result<Response<pb::WhitelistInstitutionResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        v.request_id(&r.request_id);
+        let Some(e) = r.entry.clone() else {
+            return Err(ApiError::field("entry", "is required").into());
+        };
+        v.check(
+            caller::valid_partner_id(&e.institution_id),
+            "entry.institution_id",
+            "must be 1 to 64 characters of letters, digits, '-' or '_'",
+        );
+        v.check(
+            matches!(
+                pb::InstitutionKind::try_from(e.kind),
+                Ok(pb::InstitutionKind::Partner | pb::InstitutionKind::CreditEnhancer)
+            ),
+            "entry.kind",
+            "must be PARTNER or CREDIT_ENHANCER",
+        );
+        let from = parse_date(&e.effective_from);
+        v.check(
+            from.is_some(),
+            "entry.effective_from",
+            "must be a date YYYY-MM-DD",
+        );
+        if !e.effective_to.is_empty() {
+            let to = parse_date(&e.effective_to);
+            v.check(
+                to.is_some() && from.is_none_or(|f| to.is_some_and(|t| t >= f)),
+                "entry.effective_to",
+                "must be empty or a date YYYY-MM-DD not before effective_from",
+            );
+        }
+        v.into_result()?;
+        let hash = request_hash(&r);
+        let stored = self.app.whitelist(r.request_id, hash, e).await?;
+        Ok(Response::new(pb::WhitelistInstitutionResponse {
+            entry: Some(stored),
+        }))
+    }
+
+    async fn get_borrower_exposure(
+        &self,
+        request: Request<pb::GetBorrowerExposureRequest>,
+    ) -> Result<Response<pb::GetBorrowerExposureResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        v.check(
+            (1..=128).contains(&r.borrower_key.len()),
+            "borrower_key",
+            "must be 1 to 128 characters",
+        );
+        v.into_result()?;
+        let n = self.app.borrower_exposure(&r.borrower_key).await?;
+        Ok(Response::new(pb::GetBorrowerExposureResponse {
+            exposure: Some(Money {
+                minor_units: n,
+                currency_code: "CNY".into(),
+            }),
+        }))
     }
 }

@@ -14,6 +14,11 @@ pub const SERVICE: &str = "colend.funding.v1.FundingService";
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
+    register_with(mesh, app::Settings::from_env()?).await
+}
+
+/// `register` with the settings given rather than read from the environment.
+pub async fn register_with(mesh: Mesh, settings: app::Settings) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "funding", &MIGRATOR).await?;
     let acquisition = colend_platform::grpc::channel(&mesh.endpoints.acquisition)?;
     let app = app::Funding::new(
@@ -21,8 +26,9 @@ pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
         mesh.cache.clone(),
         acquisition,
         mesh.call_timeout,
-        app::Settings::from_env()?,
+        settings,
     );
+    app.spawn_sweeper();
     let server = grpc::server(app);
     Ok(Registered::new(SERVICE, move |routes| {
         routes.add_service(server);

@@ -33,11 +33,51 @@ fn reserve(partner: &str, app: &str, principal: i64) -> pb::ReserveFundingReques
         term_months: 12,
         annual_rate_bps: 1_000,
         repayment_method: RepaymentMethod::EqualInstalment as i32,
+        borrower_key: format!("borrower-{app}"),
     }
 }
 
 fn m(x: &Option<Money>) -> i64 {
     x.as_ref().map(|m| m.minor_units).unwrap_or(0)
+}
+
+async fn whitelist(c: &mut FundingServiceClient<tonic::transport::Channel>, partner: &str) {
+    c.whitelist_institution(as_bank(pb::WhitelistInstitutionRequest {
+        request_id: format!("wl-{partner}"),
+        entry: Some(pb::WhitelistEntry {
+            institution_id: partner.into(),
+            kind: pb::InstitutionKind::Partner as i32,
+            effective_from: "2026-01-01".into(),
+            effective_to: String::new(),
+        }),
+    }))
+    .await
+    .unwrap();
+}
+
+async fn reference(
+    c: &mut FundingServiceClient<tonic::transport::Channel>,
+    rid: &str,
+    tier1: i64,
+    loans: i64,
+) {
+    c.set_bank_reference(as_bank(pb::SetBankReferenceRequest {
+        request_id: rid.into(),
+        reference: Some(pb::BankReference {
+            net_tier1_capital: cny(tier1),
+            total_loan_balance: cny(loans),
+            as_of: "2026-09-30".into(),
+        }),
+    }))
+    .await
+    .unwrap();
+}
+
+fn quick_expiry() -> colend_funding::app::Settings {
+    let mut s = colend_funding::app::Settings::from_env().unwrap();
+    s.reservation_ttl = std::time::Duration::from_secs(1);
+    s.sweep_every = std::time::Duration::from_secs(1);
+    s
 }
 
 async fn scenario(backend: Backend) {
@@ -47,6 +87,7 @@ async fn scenario(backend: Backend) {
     .await;
     colend_testkit::assert_serving(s.channel.clone(), colend_funding::SERVICE).await;
     let mut c = FundingServiceClient::new(s.channel.clone());
+    reference(&mut c, "ref-0", 1_000_000_000_000, 10_000_000_000_000).await;
 
     // Rule C1: a partner share below 30% is refused.
     let e = c
@@ -64,14 +105,21 @@ async fn scenario(backend: Backend) {
         .unwrap_err();
     assert_eq!(reason(&e), "NO_AGREEMENT");
 
-    // Capacity for exactly 20 loans of 100,000.00 at a 30% share: 40 racing reservations get exactly 20.
+    // Capacity for exactly 100 loans of 100,000.00 at a 30% share: 200 racing reservations get exactly 100.
     c.upsert_agreement(as_bank(pb::UpsertAgreementRequest {
         request_id: "a1".into(),
-        agreement: Some(agreement("p1", 3_000, 20 * 3_000_000)),
+        agreement: Some(agreement("p1", 3_000, 100 * 3_000_000)),
     }))
     .await
     .unwrap();
-    let results = futures::future::join_all((0..40).map(|i| {
+    // Rule C12: a partner that is not on the whitelist cannot reserve.
+    let e = c
+        .reserve_funding(as_partner("p1", reserve("p1", "y", 100)))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "NOT_WHITELISTED");
+    whitelist(&mut c, "p1").await;
+    let results = futures::future::join_all((0..200).map(|i| {
         let mut c = c.clone();
         async move {
             c.reserve_funding(as_partner(
@@ -87,7 +135,7 @@ async fn scenario(backend: Backend) {
         .filter_map(|r| r.as_ref().ok())
         .map(|r| r.get_ref().loan.clone().unwrap())
         .collect();
-    assert_eq!(ok.len(), 20, "exactly the capacity is reserved");
+    assert_eq!(ok.len(), 100, "exactly the capacity is reserved");
     for r in results.iter().filter_map(|r| r.as_ref().err()) {
         assert_eq!(r.code(), Code::ResourceExhausted);
         assert_eq!(reason(r), "QUOTA_EXCEEDED");
@@ -125,6 +173,54 @@ async fn scenario(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "QUOTA_EXCEEDED");
+    assert_eq!(
+        colend_testkit::error_metadata(&e, "limit").as_deref(),
+        Some("PARTNER_TOTAL_QUOTA")
+    );
+
+    // Rule C2 at the cent: room for exactly one more bank share of 70,000.00 for partner p2.
+    c.upsert_agreement(as_bank(pb::UpsertAgreementRequest {
+        request_id: "a2".into(),
+        agreement: Some(agreement("p2", 3_000, 1_000_000_000_000)),
+    }))
+    .await
+    .unwrap();
+    whitelist(&mut c, "p2").await;
+    reference(&mut c, "ref-c2", 4 * 7_000_000, 10_000_000_000_000).await;
+    c.reserve_funding(as_partner("p2", reserve("p2", "c2-a", 10_000_000)))
+        .await
+        .unwrap();
+    let e = c
+        .reserve_funding(as_partner("p2", reserve("p2", "c2-b", 10_000_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        colend_testkit::error_metadata(&e, "limit").as_deref(),
+        Some("C2_PARTNER_CONCENTRATION")
+    );
+    // Rule C3 at the cent: all co-lent loans against the total loan balance.
+    let usage = c
+        .get_bank_reference(as_bank(pb::GetBankReferenceRequest {
+            partner_id: "p2".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m(&usage.partner_co_lent), 7_000_000);
+    let all = m(&usage.co_lent_total);
+    reference(&mut c, "ref-c3", 1_000_000_000_000, 2 * (all + 7_000_000)).await;
+    c.reserve_funding(as_partner("p2", reserve("p2", "c3-a", 10_000_000)))
+        .await
+        .unwrap();
+    let e = c
+        .reserve_funding(as_partner("p2", reserve("p2", "c3-b", 10_000_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        colend_testkit::error_metadata(&e, "limit").as_deref(),
+        Some("C3_CO_LENDING_RATIO")
+    );
+    reference(&mut c, "ref-1", 1_000_000_000_000, 10_000_000_000_000).await;
 
     // Disbursement generates the schedule; a repayment is split exactly.
     let loan = c
@@ -237,4 +333,84 @@ async fn funding_api_embedded() {
 #[tokio::test]
 async fn funding_api_postgres_redis() {
     scenario(BOTH[1]).await;
+}
+
+/// A reservation not disbursed in time is voided and gives its quota back.
+async fn expiry(backend: Backend) {
+    let s = TestServer::start(backend, |mesh| async move {
+        Ok(vec![
+            colend_funding::register_with(mesh, quick_expiry()).await?,
+        ])
+    })
+    .await;
+    let mut c = FundingServiceClient::new(s.channel.clone());
+    reference(&mut c, "ref", 1_000_000_000_000, 10_000_000_000_000).await;
+    whitelist(&mut c, "p1").await;
+    c.upsert_agreement(as_bank(pb::UpsertAgreementRequest {
+        request_id: "a".into(),
+        agreement: Some(agreement("p1", 3_000, 3_000_000)),
+    }))
+    .await
+    .unwrap();
+    let loan = c
+        .reserve_funding(as_partner("p1", reserve("p1", "e1", 10_000_000)))
+        .await
+        .unwrap()
+        .into_inner()
+        .loan
+        .unwrap();
+    assert!(loan.reservation_expires_at.is_some());
+    let e = c
+        .reserve_funding(as_partner("p1", reserve("p1", "e2", 10_000_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "QUOTA_EXCEEDED");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = c
+            .get_loan(as_partner(
+                "p1",
+                pb::GetLoanRequest {
+                    loan_id: loan.loan_id.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .loan
+            .unwrap()
+            .status;
+        if status == pb::LoanStatus::Void as i32 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status,
+        pb::LoanStatus::Void as i32,
+        "the reservation expired"
+    );
+    // Its quota and the bank's C2/C3 room are back.
+    c.reserve_funding(as_partner("p1", reserve("p1", "e3", 10_000_000)))
+        .await
+        .unwrap();
+    let usage = c
+        .get_bank_reference(as_bank(pb::GetBankReferenceRequest {
+            partner_id: "p1".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m(&usage.partner_co_lent), 7_000_000);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn funding_reservations_expire_embedded() {
+    expiry(BOTH[0]).await;
+}
+
+#[tokio::test]
+async fn funding_reservations_expire_postgres_redis() {
+    expiry(BOTH[1]).await;
 }
