@@ -1,5 +1,8 @@
 //! Funding use cases.
-use crate::domain::{self, Instalment, Jurisdiction, Method, Paid, Split, Terms};
+use crate::domain::{
+    self, Bucket, DayCount, Instalment, InstalmentState, Jurisdiction, Method, Paid, Split, Terms,
+    Waterfall,
+};
 use colend_contracts::acquisition::v1 as acq;
 use colend_contracts::acquisition::v1::acquisition_service_client::AcquisitionServiceClient;
 use colend_contracts::common::v1::{Funder, Money, RepaymentMethod};
@@ -70,7 +73,9 @@ pub struct Funding {
 const LOAN_COLS: &str = "loan_id, application_id, partner_id, status, currency, principal, bank_amount, \
     partner_amount, agreement_version, partner_share_bps, bank_rate_bps, partner_rate_bps, annual_rate_bps, \
     term_months, method, reserved_on, disbursed_on, disbursement_ref, principal_paid, interest_paid, penalty_paid, \
-    partner_principal_paid, partner_interest_paid, partner_penalty_paid, borrower_key, expires_at";
+    partner_principal_paid, partner_interest_paid, partner_penalty_paid, borrower_key, expires_at, day_count, \
+    penalty_rate_bps, waterfall, interest_accrued, partner_interest_accrued, penalty_accrued, \
+    partner_penalty_accrued, penalty_through";
 
 /// A loan as stored.
 #[derive(Clone, Debug)]
@@ -94,6 +99,20 @@ struct LoanRow {
     paid: Paid,
     borrower_key: String,
     expires_at: i64,
+    day_count: DayCount,
+    penalty_rate_bps: i64,
+    waterfall: Waterfall,
+    accrued: Accrued,
+    penalty_through: String,
+}
+
+/// Interest and penalty accrued so far, and the partner's running part of each.
+#[derive(Clone, Debug, Default)]
+struct Accrued {
+    interest: i64,
+    partner_interest: i64,
+    penalty: i64,
+    partner_penalty: i64,
 }
 
 fn loan_row(r: &AnyRow) -> LoanRow {
@@ -119,7 +138,6 @@ fn loan_row(r: &AnyRow) -> LoanRow {
         disbursed_on: r.get(16),
         disbursement_ref: r.get(17),
         paid: Paid {
-            instalments: Vec::new(),
             principal: r.get(18),
             interest: r.get(19),
             penalty: r.get(20),
@@ -129,6 +147,16 @@ fn loan_row(r: &AnyRow) -> LoanRow {
         },
         borrower_key: r.get(24),
         expires_at: r.get(25),
+        day_count: DayCount::parse(&r.get::<String, _>(26)).unwrap_or(DayCount::Act360),
+        penalty_rate_bps: r.get(27),
+        waterfall: Waterfall::parse(&r.get::<String, _>(28)).unwrap_or_default(),
+        accrued: Accrued {
+            interest: r.get(29),
+            partner_interest: r.get(30),
+            penalty: r.get(31),
+            partner_penalty: r.get(32),
+        },
+        penalty_through: r.get(33),
     }
 }
 
@@ -165,30 +193,37 @@ async fn load_loan(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<Option<
     Ok(row.as_ref().map(loan_row))
 }
 
+/// The loan's instalments with what was paid on each, and whether each one's
+/// interest has been accrued.
 async fn load_schedule(
     conn: &mut AnyConnection,
     loan_id: &str,
-) -> ApiResult<(Vec<Instalment>, Vec<(i64, i64)>)> {
+) -> ApiResult<(Vec<InstalmentState>, Vec<bool>)> {
     let rows = sqlx::query(
-        "SELECT seq, due_date, principal, interest, principal_paid, interest_paid FROM instalments WHERE loan_id = $1 ORDER BY seq",
+        "SELECT seq, due_date, principal, interest, principal_paid, interest_paid, accrued FROM instalments \
+         WHERE loan_id = $1 ORDER BY seq",
     )
     .bind(loan_id)
     .fetch_all(&mut *conn)
     .await?;
     let mut s = Vec::with_capacity(rows.len());
-    let mut paid = Vec::with_capacity(rows.len());
+    let mut accrued = Vec::with_capacity(rows.len());
     for r in rows {
         let due: String = r.get(1);
-        s.push(Instalment {
-            seq: r.get::<i64, _>(0) as i32,
-            due: parse_date(&due)
-                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad stored date")))?,
-            principal: r.get(2),
-            interest: r.get(3),
+        s.push(InstalmentState {
+            inst: Instalment {
+                seq: r.get::<i64, _>(0) as i32,
+                due: parse_date(&due)
+                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad stored date")))?,
+                principal: r.get(2),
+                interest: r.get(3),
+            },
+            principal_paid: r.get(4),
+            interest_paid: r.get(5),
         });
-        paid.push((r.get(4), r.get(5)));
+        accrued.push(r.get::<i64, _>(6) != 0);
     }
-    Ok((s, paid))
+    Ok((s, accrued))
 }
 
 async fn load_repayments(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<Vec<pb::Repayment>> {
@@ -206,18 +241,98 @@ async fn load_repayments(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<V
         .collect()
 }
 
-fn loan_pb(l: &LoanRow, schedule: &[Instalment], repayments: Vec<pb::Repayment>) -> pb::Loan {
+/// The agreement's day count; unspecified is ACT/360.
+pub fn day_count_of(v: i32) -> DayCount {
+    match pb::DayCount::try_from(v) {
+        Ok(pb::DayCount::Act365) => DayCount::Act365,
+        _ => DayCount::Act360,
+    }
+}
+
+/// The agreement's waterfall; empty is the default, anything but a
+/// permutation of the three components is `None`.
+pub fn waterfall_of(v: &[i32]) -> Option<Waterfall> {
+    if v.is_empty() {
+        return Some(Waterfall::default());
+    }
+    let names: Vec<&str> = v
+        .iter()
+        .map(|c| match pb::Component::try_from(*c) {
+            Ok(pb::Component::Penalty) => "PENALTY",
+            Ok(pb::Component::Interest) => "INTEREST",
+            Ok(pb::Component::Principal) => "PRINCIPAL",
+            _ => "?",
+        })
+        .collect();
+    Waterfall::parse(&names.join(","))
+}
+
+fn day_count_pb(d: DayCount) -> pb::DayCount {
+    match d {
+        DayCount::Act360 => pb::DayCount::Act360,
+        DayCount::Act365 => pb::DayCount::Act365,
+    }
+}
+
+fn component_pb(b: Bucket) -> pb::Component {
+    match b {
+        Bucket::Penalty => pb::Component::Penalty,
+        Bucket::Interest => pb::Component::Interest,
+        Bucket::Principal => pb::Component::Principal,
+    }
+}
+
+fn loan_pb(l: &LoanRow, schedule: &[InstalmentState], repayments: Vec<pb::Repayment>) -> pb::Loan {
     let c = &l.currency;
-    let bank_out = if l.status == "RESERVED" || l.status == "VOID" {
-        0
-    } else {
-        l.bank_amount - (l.paid.principal - l.paid.partner_principal)
+    let live = !(l.status == "RESERVED" || l.status == "VOID");
+    let split = Split {
+        bank: l.bank_amount,
+        partner: l.partner_amount,
     };
-    let partner_out = if l.status == "RESERVED" || l.status == "VOID" {
-        0
-    } else {
-        l.partner_amount - l.paid.partner_principal
+    let insts: Vec<Instalment> = schedule.iter().map(|s| s.inst.clone()).collect();
+    let (bank_lines, partner_lines) = domain::funder_schedules(&insts, split, &l.terms);
+    let lines = |f: Funder, v: &[domain::FunderLine]| -> Vec<pb::FunderInstalment> {
+        v.iter()
+            .map(|x| pb::FunderInstalment {
+                funder: f as i32,
+                sequence: x.seq,
+                principal: money(x.principal, c),
+                interest: money(x.interest, c),
+            })
+            .collect()
     };
+    let mut funder_schedule = lines(Funder::Bank, &bank_lines);
+    funder_schedule.extend(lines(Funder::Partner, &partner_lines));
+    let (p, a) = (&l.paid, &l.accrued);
+    let balance = |f: Funder| {
+        let (amount, pp, ia, ip, pa, pep) = match f {
+            Funder::Partner => (
+                l.partner_amount,
+                p.partner_principal,
+                a.partner_interest,
+                p.partner_interest,
+                a.partner_penalty,
+                p.partner_penalty,
+            ),
+            _ => (
+                l.bank_amount,
+                p.principal - p.partner_principal,
+                a.interest - a.partner_interest,
+                p.interest - p.partner_interest,
+                a.penalty - a.partner_penalty,
+                p.penalty - p.partner_penalty,
+            ),
+        };
+        pb::FunderBalance {
+            funder: f as i32,
+            principal_outstanding: money(if live { amount - pp } else { 0 }, c),
+            interest_accrued: money(ia, c),
+            interest_paid: money(ip, c),
+            penalty_accrued: money(pa, c),
+            penalty_paid: money(pep, c),
+        }
+    };
+    let balances = vec![balance(Funder::Bank), balance(Funder::Partner)];
     pb::Loan {
         loan_id: l.loan_id.clone(),
         application_id: l.application_id.clone(),
@@ -235,7 +350,7 @@ fn loan_pb(l: &LoanRow, schedule: &[Instalment], repayments: Vec<pb::Repayment>)
         repayment_method: l.method as i32,
         disbursed_on: l.disbursed_on.clone(),
         disbursement_transaction_ref: l.disbursement_ref.clone(),
-        schedule: schedule
+        schedule: insts
             .iter()
             .map(|i| pb::Instalment {
                 sequence: i.seq,
@@ -245,11 +360,43 @@ fn loan_pb(l: &LoanRow, schedule: &[Instalment], repayments: Vec<pb::Repayment>)
                 total: money(i.principal + i.interest, c),
             })
             .collect(),
-        bank_outstanding: money(bank_out, c),
-        partner_outstanding: money(partner_out, c),
+        bank_outstanding: balances[0].principal_outstanding.clone(),
+        partner_outstanding: balances[1].principal_outstanding.clone(),
         repayments,
         reservation_expires_at: (l.status == "RESERVED").then(|| timestamp(l.expires_at)),
+        day_count: day_count_pb(l.day_count) as i32,
+        penalty_rate_bps: l.penalty_rate_bps as i32,
+        waterfall: l
+            .waterfall
+            .0
+            .iter()
+            .map(|b| component_pb(*b) as i32)
+            .collect(),
+        funder_schedule,
+        balances,
     }
+}
+
+/// Stores instalments (nothing paid, nothing accrued).
+async fn insert_instalments(
+    conn: &mut AnyConnection,
+    loan_id: &str,
+    sched: &[Instalment],
+) -> ApiResult<()> {
+    for i in sched {
+        sqlx::query(
+            "INSERT INTO instalments (loan_id, seq, due_date, principal, interest, principal_paid, interest_paid, accrued) \
+             VALUES ($1, $2, $3, $4, $5, 0, 0, 0)",
+        )
+        .bind(loan_id)
+        .bind(i.seq as i64)
+        .bind(format_date(i.due))
+        .bind(i.principal)
+        .bind(i.interest)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Writes one balanced posting: per funder, debits equal credits.
@@ -401,7 +548,8 @@ impl Funding {
                 let currency = a.total_quota.as_ref().map(|m| m.currency_code.clone()).unwrap_or_default();
                 sqlx::query(
                     "INSERT INTO agreements (partner_id, version, partner_share_bps, bank_rate_bps, partner_rate_bps, currency, \
-                     daily_quota, total_quota, effective_from, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     daily_quota, total_quota, effective_from, created_at, day_count, penalty_rate_bps, waterfall) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 )
                 .bind(&a.partner_id)
                 .bind(v + 1)
@@ -413,9 +561,20 @@ impl Funding {
                 .bind(quota(&a.total_quota))
                 .bind(&a.effective_from)
                 .bind(now)
+                .bind(day_count_of(a.day_count).name())
+                .bind(a.penalty_rate_bps as i64)
+                .bind(waterfall_of(&a.waterfall).unwrap_or_default().name())
                 .execute(&mut *tx)
                 .await?;
-                Ok(pb::Agreement { version: (v + 1) as i32, created_at: Some(timestamp(now)), ..a })
+                let dc = day_count_of(a.day_count);
+                let w = waterfall_of(&a.waterfall).unwrap_or_default();
+                Ok(pb::Agreement {
+                    version: (v + 1) as i32,
+                    created_at: Some(timestamp(now)),
+                    day_count: day_count_pb(dc) as i32,
+                    waterfall: w.0.iter().map(|b| component_pb(*b) as i32).collect(),
+                    ..a
+                })
             })
         })
         .await?;
@@ -436,7 +595,8 @@ impl Funding {
         }
         let row = sqlx::query(
             "SELECT version, partner_share_bps, bank_rate_bps, partner_rate_bps, currency, daily_quota, total_quota, \
-             effective_from, created_at FROM agreements WHERE partner_id = $1 AND effective_from <= $2 \
+             effective_from, created_at, day_count, penalty_rate_bps, waterfall FROM agreements \
+             WHERE partner_id = $1 AND effective_from <= $2 \
              ORDER BY version DESC LIMIT 1",
         )
         .bind(partner_id)
@@ -455,6 +615,16 @@ impl Funding {
             total_quota: money(r.get(6), &currency),
             effective_from: r.get(7),
             created_at: Some(timestamp(r.get(8))),
+            day_count: day_count_pb(
+                DayCount::parse(&r.get::<String, _>(9)).unwrap_or(DayCount::Act360),
+            ) as i32,
+            penalty_rate_bps: r.get::<i64, _>(10) as i32,
+            waterfall: Waterfall::parse(&r.get::<String, _>(11))
+                .unwrap_or_default()
+                .0
+                .iter()
+                .map(|b| component_pb(*b) as i32)
+                .collect(),
         };
         self.cache
             .set(&key, &a.encode_to_vec(), self.settings.agreement_ttl)
@@ -602,10 +772,16 @@ impl Funding {
                     paid: Paid::default(),
                     borrower_key: r.borrower_key.clone(),
                     expires_at: now + settings.reservation_ttl.as_millis() as i64,
+                    day_count: day_count_of(agreement.day_count),
+                    penalty_rate_bps: agreement.penalty_rate_bps as i64,
+                    waterfall: waterfall_of(&agreement.waterfall).unwrap_or_default(),
+                    accrued: Accrued::default(),
+                    penalty_through: String::new(),
                 };
                 sqlx::query(&format!(
                     "INSERT INTO loans ({LOAN_COLS}, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                     $11, $12, $13, $14, $15, $16, $17, $18, 0, 0, 0, 0, 0, 0, $19, $20, $21, $21)"
+                     $11, $12, $13, $14, $15, $16, $17, $18, 0, 0, 0, 0, 0, 0, $19, $20, $21, $22, $23, 0, 0, 0, 0, '', \
+                     $24, $24)"
                 ))
                 .bind(&row.loan_id)
                 .bind(&row.application_id)
@@ -627,6 +803,9 @@ impl Funding {
                 .bind(&row.disbursement_ref)
                 .bind(&row.borrower_key)
                 .bind(row.expires_at)
+                .bind(row.day_count.name())
+                .bind(row.penalty_rate_bps)
+                .bind(row.waterfall.name())
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
@@ -861,7 +1040,10 @@ impl Funding {
             Box::pin(async move {
                 let mut l = load_loan(tx, &loan_id).await?.ok_or_else(|| ApiError::NotFound("loan".into()))?;
                 if l.status != "RESERVED" {
-                    return Err(ApiError::InvalidState(format!("loan is {}, only a reserved loan can be disbursed", l.status)));
+                    return Err(ApiError::InvalidState(format!(
+                        "loan is {}, only a reserved loan can be disbursed",
+                        l.status
+                    )));
                 }
                 let sched = domain::schedule(
                     l.principal,
@@ -869,25 +1051,16 @@ impl Funding {
                     l.annual_rate_bps,
                     method_of(l.method),
                     value_date,
+                    l.day_count,
                 );
-                for i in &sched {
-                    sqlx::query(
-                        "INSERT INTO instalments (loan_id, seq, due_date, principal, interest, principal_paid, interest_paid) \
-                         VALUES ($1, $2, $3, $4, $5, 0, 0)",
-                    )
-                    .bind(&loan_id)
-                    .bind(i.seq as i64)
-                    .bind(format_date(i.due))
-                    .bind(i.principal)
-                    .bind(i.interest)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                insert_instalments(tx, &loan_id, &sched).await?;
                 l.status = "DISBURSED".into();
                 l.disbursed_on = format_date(value_date);
                 l.disbursement_ref = bank_ref;
+                l.penalty_through = l.disbursed_on.clone();
                 sqlx::query(
-                    "UPDATE loans SET status = 'DISBURSED', disbursed_on = $1, disbursement_ref = $2, updated_at = $3 WHERE loan_id = $4",
+                    "UPDATE loans SET status = 'DISBURSED', disbursed_on = $1, disbursement_ref = $2, penalty_through = $1, \
+                     updated_at = $3 WHERE loan_id = $4",
                 )
                 .bind(&l.disbursed_on)
                 .bind(&l.disbursement_ref)
@@ -907,7 +1080,11 @@ impl Funding {
                     ],
                 )
                 .await?;
-                Ok(loan_pb(&l, &sched, Vec::new()))
+                let states: Vec<InstalmentState> = sched
+                    .into_iter()
+                    .map(|inst| InstalmentState { inst, principal_paid: 0, interest_paid: 0 })
+                    .collect();
+                Ok(loan_pb(&l, &states, Vec::new()))
             })
         })
         .await?;
@@ -920,7 +1097,11 @@ impl Funding {
         Ok(loan)
     }
 
-    /// Books a repayment through the waterfall and splits it between the funders.
+    /// Books a repayment: accrues penalty interest on overdue amounts and the
+    /// interest of the instalments now payable, allocates the amount through
+    /// the loan's waterfall (a surplus prepays principal and the rest of the
+    /// schedule is recomputed), splits every component between the funders
+    /// and posts each funder's ledger.
     pub async fn book_repayment(
         &self,
         request_id: String,
@@ -934,16 +1115,92 @@ impl Funding {
             Box::pin(async move {
                 let mut l = load_loan(tx, &loan_id).await?.ok_or_else(|| ApiError::NotFound("loan".into()))?;
                 if l.status != "DISBURSED" {
-                    return Err(ApiError::InvalidState(format!("loan is {}, repayments need a disbursed loan", l.status)));
+                    return Err(ApiError::InvalidState(format!(
+                        "loan is {}, repayments need a disbursed loan",
+                        l.status
+                    )));
                 }
                 if amount.currency_code != l.currency {
                     return Err(ApiError::field("amount.currency_code", "must be the loan's currency"));
                 }
-                let (sched, inst_paid) = load_schedule(tx, &loan_id).await?;
-                l.paid.instalments = inst_paid;
+                if parse_date(&l.disbursed_on).is_some_and(|d| value_date < d) {
+                    return Err(ApiError::field("value_date", "must not be before the disbursement"));
+                }
+                let (insts, accrued_flags) = load_schedule(tx, &loan_id).await?;
                 let split = Split { bank: l.bank_amount, partner: l.partner_amount };
-                let a = domain::allocate(amount.minor_units, &sched, split, &l.terms, &l.paid, 0)
-                    .map_err(|e| ApiError::field("amount.minor_units", &e.to_string()))?;
+                let c = l.currency.clone();
+                // Penalty interest on overdue amounts since the last accrual.
+                let through = parse_date(&l.penalty_through).unwrap_or(value_date);
+                if value_date > through {
+                    let add = domain::penalty_accrual(&insts, through, value_date, l.penalty_rate_bps, l.day_count);
+                    if add > 0 {
+                        let total = l.accrued.penalty + add;
+                        let partner = domain::partner_principal_part(total, split) - l.accrued.partner_penalty;
+                        let bank = add - partner;
+                        post(
+                            tx,
+                            &loan_id,
+                            &c,
+                            &[
+                                ("BANK", "PENALTY_RECEIVABLE", bank, 0),
+                                ("BANK", "PENALTY_INCOME", 0, bank),
+                                ("PARTNER", "PENALTY_RECEIVABLE", partner, 0),
+                                ("PARTNER", "PENALTY_INCOME", 0, partner),
+                            ],
+                        )
+                        .await?;
+                        l.accrued.penalty = total;
+                        l.accrued.partner_penalty += partner;
+                    }
+                    l.penalty_through = format_date(value_date);
+                }
+                // Interest of every instalment payable now is accrued first.
+                let payable = domain::payable(&insts, value_date);
+                let newly: Vec<i32> = insts[..payable]
+                    .iter()
+                    .zip(&accrued_flags)
+                    .filter(|(_, a)| !**a)
+                    .map(|(s, _)| s.inst.seq)
+                    .collect();
+                let add: i64 = insts.iter().filter(|s| newly.contains(&s.inst.seq)).map(|s| s.inst.interest).sum();
+                if add > 0 {
+                    let total = l.accrued.interest + add;
+                    let partner = domain::partner_interest_part(total, split, &l.terms) - l.accrued.partner_interest;
+                    let bank = add - partner;
+                    post(
+                        tx,
+                        &loan_id,
+                        &c,
+                        &[
+                            ("BANK", "INTEREST_RECEIVABLE", bank, 0),
+                            ("BANK", "INTEREST_INCOME", 0, bank),
+                            ("PARTNER", "INTEREST_RECEIVABLE", partner, 0),
+                            ("PARTNER", "INTEREST_INCOME", 0, partner),
+                        ],
+                    )
+                    .await?;
+                    l.accrued.interest = total;
+                    l.accrued.partner_interest += partner;
+                }
+                for seq in &newly {
+                    sqlx::query("UPDATE instalments SET accrued = 1 WHERE loan_id = $1 AND seq = $2")
+                        .bind(&loan_id)
+                        .bind(*seq as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let penalty_due = l.accrued.penalty - l.paid.penalty;
+                let a = domain::allocate(
+                    amount.minor_units,
+                    value_date,
+                    &insts,
+                    (split, &l.terms),
+                    &l.paid,
+                    penalty_due,
+                    l.waterfall,
+                )
+                .map_err(|e| ApiError::field("amount.minor_units", &e.to_string()))?;
+                let next = domain::apply(&insts, &a, value_date, l.annual_rate_bps, method_of(l.method), l.day_count);
                 for (seq, p, i) in &a.instalments {
                     sqlx::query(
                         "UPDATE instalments SET principal_paid = principal_paid + $1, interest_paid = interest_paid + $2 \
@@ -956,12 +1213,25 @@ impl Funding {
                     .execute(&mut *tx)
                     .await?;
                 }
+                if a.prepaid > 0 {
+                    // The instalments not yet payable are recomputed on the lower balance.
+                    let later: Vec<Instalment> = next[payable.min(next.len())..].iter().map(|s| s.inst.clone()).collect();
+                    sqlx::query("DELETE FROM instalments WHERE loan_id = $1 AND seq > $2")
+                        .bind(&loan_id)
+                        .bind(insts.get(payable.saturating_sub(1)).map(|s| s.inst.seq as i64).unwrap_or(0))
+                        .execute(&mut *tx)
+                        .await?;
+                    insert_instalments(tx, &loan_id, &later).await?;
+                }
                 let settled = a.after.principal == l.principal
-                    && a.after.interest == sched.iter().map(|i| i.interest).sum::<i64>();
+                    && next.iter().all(|s| s.unpaid() == 0)
+                    && a.after.penalty == l.accrued.penalty;
                 let status = if settled { "SETTLED" } else { "DISBURSED" };
                 sqlx::query(
                     "UPDATE loans SET principal_paid = $1, interest_paid = $2, penalty_paid = $3, partner_principal_paid = $4, \
-                     partner_interest_paid = $5, partner_penalty_paid = $6, status = $7, updated_at = $8 WHERE loan_id = $9",
+                     partner_interest_paid = $5, partner_penalty_paid = $6, status = $7, updated_at = $8, \
+                     interest_accrued = $9, partner_interest_accrued = $10, penalty_accrued = $11, \
+                     partner_penalty_accrued = $12, penalty_through = $13 WHERE loan_id = $14",
                 )
                 .bind(a.after.principal)
                 .bind(a.after.interest)
@@ -971,6 +1241,11 @@ impl Funding {
                 .bind(a.after.partner_penalty)
                 .bind(status)
                 .bind(now_millis())
+                .bind(l.accrued.interest)
+                .bind(l.accrued.partner_interest)
+                .bind(l.accrued.penalty)
+                .bind(l.accrued.partner_penalty)
+                .bind(&l.penalty_through)
                 .bind(&loan_id)
                 .execute(&mut *tx)
                 .await?;
@@ -984,20 +1259,19 @@ impl Funding {
                 post(
                     tx,
                     &loan_id,
-                    &l.currency,
+                    &c,
                     &[
                         ("BANK", "CASH", a.bank.total(), 0),
                         ("BANK", "LOANS_RECEIVABLE", 0, a.bank.principal),
-                        ("BANK", "INTEREST_INCOME", 0, a.bank.interest),
-                        ("BANK", "PENALTY_INCOME", 0, a.bank.penalty),
+                        ("BANK", "INTEREST_RECEIVABLE", 0, a.bank.interest),
+                        ("BANK", "PENALTY_RECEIVABLE", 0, a.bank.penalty),
                         ("PARTNER", "CASH", a.partner.total(), 0),
                         ("PARTNER", "LOANS_RECEIVABLE", 0, a.partner.principal),
-                        ("PARTNER", "INTEREST_INCOME", 0, a.partner.interest),
-                        ("PARTNER", "PENALTY_INCOME", 0, a.partner.penalty),
+                        ("PARTNER", "INTEREST_RECEIVABLE", 0, a.partner.interest),
+                        ("PARTNER", "PENALTY_RECEIVABLE", 0, a.partner.penalty),
                     ],
                 )
                 .await?;
-                let c = l.currency.clone();
                 let mut allocations = Vec::new();
                 for (funder, parts) in [(Funder::Bank, a.bank), (Funder::Partner, a.partner)] {
                     for (component, v) in [
@@ -1005,11 +1279,7 @@ impl Funding {
                         (pb::Component::Interest, parts.interest),
                         (pb::Component::Principal, parts.principal),
                     ] {
-                        allocations.push(pb::Allocation {
-                            funder: funder as i32,
-                            component: component as i32,
-                            amount: money(v, &c),
-                        });
+                        allocations.push(pb::Allocation { funder: funder as i32, component: component as i32, amount: money(v, &c) });
                     }
                 }
                 let repayment = pb::Repayment {
@@ -1035,10 +1305,10 @@ impl Funding {
                 .await?;
                 l.status = status.into();
                 l.paid = a.after;
-                let repayments = load_repayments(tx, &loan_id).await?;
-                let mut all = repayments;
-                all.push(repayment.clone());
-                Ok(pb::BookRepaymentResponse { repayment: Some(repayment), loan: Some(loan_pb(&l, &sched, all)) })
+                // Includes the repayment just stored.
+                let all = load_repayments(tx, &loan_id).await?;
+                let (current, _) = load_schedule(tx, &loan_id).await?;
+                Ok(pb::BookRepaymentResponse { repayment: Some(repayment), loan: Some(loan_pb(&l, &current, all)) })
             })
         })
         .await?;

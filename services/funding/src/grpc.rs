@@ -50,6 +50,16 @@ impl FundingService for FundingGrpc {
             "agreement.partner_rate_bps",
             "must be 0 to 10000",
         );
+        v.check(
+            (0..=10_000).contains(&a.penalty_rate_bps),
+            "agreement.penalty_rate_bps",
+            "must be 0 to 10000",
+        );
+        v.check(
+            crate::app::waterfall_of(&a.waterfall).is_some(),
+            "agreement.waterfall",
+            "must be empty or list PENALTY, INTEREST and PRINCIPAL once each",
+        );
         v.money("agreement.daily_quota", &a.daily_quota, Amount::Required);
         v.money("agreement.total_quota", &a.total_quota, Amount::Required);
         if let (Some(d), Some(t)) = (&a.daily_quota, &a.total_quota) {

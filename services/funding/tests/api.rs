@@ -414,3 +414,171 @@ async fn funding_reservations_expire_embedded() {
 async fn funding_reservations_expire_postgres_redis() {
     expiry(BOTH[1]).await;
 }
+
+/// Servicing: ACT/365, a late instalment with penalty interest, an early
+/// repayment that recomputes the schedule, and each funder's books.
+async fn servicing(backend: Backend) {
+    let s = TestServer::start(backend, |mesh| async move {
+        Ok(vec![colend_funding::register(mesh).await?])
+    })
+    .await;
+    let mut c = FundingServiceClient::new(s.channel.clone());
+    reference(&mut c, "ref", 1_000_000_000_000, 10_000_000_000_000).await;
+    whitelist(&mut c, "p1").await;
+    let mut a = agreement("p1", 3_000, 1_000_000_000);
+    a.day_count = pb::DayCount::Act365 as i32;
+    a.penalty_rate_bps = 1_800;
+    c.upsert_agreement(as_bank(pb::UpsertAgreementRequest {
+        request_id: "a".into(),
+        agreement: Some(a),
+    }))
+    .await
+    .unwrap();
+    let loan = c
+        .reserve_funding(as_partner("p1", reserve("p1", "s1", 12_000_000)))
+        .await
+        .unwrap()
+        .into_inner()
+        .loan
+        .unwrap();
+    let loan = c
+        .book_disbursement(as_bank(pb::BookDisbursementRequest {
+            request_id: "d".into(),
+            loan_id: loan.loan_id.clone(),
+            value_date: "2026-01-10".into(),
+            bank_transaction_ref: "B-1".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .loan
+        .unwrap();
+    assert_eq!(loan.day_count, pb::DayCount::Act365 as i32);
+    // Each funder's schedule sums, line by line, to the borrower's.
+    for i in &loan.schedule {
+        let lines: Vec<&pb::FunderInstalment> = loan
+            .funder_schedule
+            .iter()
+            .filter(|f| f.sequence == i.sequence)
+            .collect();
+        assert_eq!(
+            lines.iter().map(|f| m(&f.principal)).sum::<i64>(),
+            m(&i.principal)
+        );
+        assert_eq!(
+            lines.iter().map(|f| m(&f.interest)).sum::<i64>(),
+            m(&i.interest)
+        );
+    }
+    // The first instalment (due 2026-02-10) is paid ten days late: penalty interest comes first.
+    let first = m(&loan.schedule[0].total);
+    let rep = c
+        .book_repayment(as_bank(pb::BookRepaymentRequest {
+            request_id: "r1".into(),
+            loan_id: loan.loan_id.clone(),
+            amount: cny(first + 1_000),
+            value_date: "2026-02-20".into(),
+            bank_transaction_ref: "B-2".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let penalty: i64 = rep
+        .repayment
+        .as_ref()
+        .unwrap()
+        .allocations
+        .iter()
+        .filter(|x| x.component == pb::Component::Penalty as i32)
+        .map(|x| m(&x.amount))
+        .sum();
+    // 18% a year on the overdue instalment for 10 days, ACT/365, to the cent.
+    let expected = (first as i128 * 1_800 * 10 * 2 + 10_000 * 365) / (2 * 10_000 * 365);
+    assert_eq!(penalty as i128, expected);
+    // An early repayment of 50,000.00 recomputes the rest of the schedule.
+    let before = rep.loan.unwrap();
+    let later_before: i64 = before.schedule[2..].iter().map(|i| m(&i.total)).sum();
+    let after = c
+        .book_repayment(as_bank(pb::BookRepaymentRequest {
+            request_id: "r2".into(),
+            loan_id: loan.loan_id.clone(),
+            amount: cny(m(&before.schedule[1].total) + 5_000_000),
+            value_date: "2026-03-01".into(),
+            bank_transaction_ref: "B-3".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .loan
+        .unwrap();
+    let later_after: i64 = after.schedule[2..].iter().map(|i| m(&i.total)).sum();
+    assert!(
+        later_after < later_before - 5_000_000,
+        "{later_after} vs {later_before}"
+    );
+    assert_eq!(after.schedule.len(), 12);
+    // Each funder's books: outstanding principal is its share less what it got back.
+    let paid = |f: Funder| -> i64 {
+        after
+            .repayments
+            .iter()
+            .flat_map(|r| &r.allocations)
+            .filter(|x| x.funder == f as i32 && x.component == pb::Component::Principal as i32)
+            .map(|x| m(&x.amount))
+            .sum()
+    };
+    let bank = after
+        .balances
+        .iter()
+        .find(|b| b.funder == Funder::Bank as i32)
+        .unwrap();
+    let partner = after
+        .balances
+        .iter()
+        .find(|b| b.funder == Funder::Partner as i32)
+        .unwrap();
+    assert_eq!(
+        m(&bank.principal_outstanding),
+        m(&after.bank_amount) - paid(Funder::Bank)
+    );
+    assert_eq!(
+        m(&partner.principal_outstanding),
+        m(&after.partner_amount) - paid(Funder::Partner)
+    );
+    assert!(m(&partner.interest_accrued) >= m(&partner.interest_paid));
+    // The first repayment left 10.00 short of the late instalment, which went on
+    // accruing penalty until the second; every penalty cent accrued was paid.
+    let penalty_paid: i64 = after
+        .repayments
+        .iter()
+        .flat_map(|r| &r.allocations)
+        .filter(|x| x.component == pb::Component::Penalty as i32)
+        .map(|x| m(&x.amount))
+        .sum();
+    assert!(penalty_paid > penalty);
+    assert_eq!(
+        m(&bank.penalty_paid) + m(&partner.penalty_paid),
+        penalty_paid
+    );
+    assert_eq!(
+        m(&bank.penalty_accrued) + m(&partner.penalty_accrued),
+        penalty_paid
+    );
+    let tb = c
+        .get_trial_balance(as_bank(pb::GetTrialBalanceRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m(&tb.total_debits), m(&tb.total_credits));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn funding_servicing_embedded() {
+    servicing(BOTH[0]).await;
+}
+
+#[tokio::test]
+async fn funding_servicing_postgres_redis() {
+    servicing(BOTH[1]).await;
+}
