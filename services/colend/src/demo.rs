@@ -125,6 +125,8 @@ enum Outcome {
         partner_recs: Vec<Rec>,
         /// The same borrower applying again while owing its whole cap.
         repeat: Option<(String, Vec<String>)>,
+        /// The bank's all-in annualised cost for the loan, basis points.
+        apr_bps: i32,
     },
     Error(String),
 }
@@ -139,6 +141,9 @@ pub struct FundedSummary {
     pub bank: String,
     pub partner: String,
     pub min_partner_share_bps: Option<i64>,
+    /// Lowest and highest all-in annualised cost of the funded loans, basis points.
+    pub min_all_in_apr_bps: Option<i32>,
+    pub max_all_in_apr_bps: Option<i32>,
     pub first_repayments_minor: i64,
 }
 
@@ -286,6 +291,7 @@ async fn one(
             reasons: app.reason_codes,
         };
     }
+    let apr_bps = app.decision.as_ref().map(|d| d.all_in_apr_bps).unwrap_or(0);
     let loan_id = app
         .funding
         .as_ref()
@@ -438,6 +444,7 @@ async fn one(
         bank_recs,
         partner_recs,
         repeat,
+        apr_bps,
     }
 }
 
@@ -671,7 +678,18 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
                 bank_recs: b,
                 partner_recs: p,
                 repeat,
+                apr_bps,
             } => {
+                s.funded.min_all_in_apr_bps = Some(
+                    s.funded
+                        .min_all_in_apr_bps
+                        .map_or(apr_bps, |m| m.min(apr_bps)),
+                );
+                s.funded.max_all_in_apr_bps = Some(
+                    s.funded
+                        .max_all_in_apr_bps
+                        .map_or(apr_bps, |m| m.max(apr_bps)),
+                );
                 if let Some((status, reasons)) = repeat {
                     for r in &reasons {
                         *s.decline_reasons.entry(r.clone()).or_default() += 1;
@@ -837,6 +855,11 @@ fn print_text(s: &Summary) {
             .unwrap_or_else(|| "-".into()),
         format_minor(f.first_repayments_minor)
     );
+    if let (Some(lo), Some(hi)) = (f.min_all_in_apr_bps, f.max_all_in_apr_bps) {
+        println!(
+            "all-in annualised cost of funded loans: {lo} to {hi} bps (cap enforced by the bank's policy)"
+        );
+    }
     let r = &s.reconciliation;
     println!(
         "reconciliation {} ({}): {} bank / {} partner records, {} matched, {} breaks; partner owes bank CNY {} ({})",

@@ -548,8 +548,8 @@ impl Funding {
                 let currency = a.total_quota.as_ref().map(|m| m.currency_code.clone()).unwrap_or_default();
                 sqlx::query(
                     "INSERT INTO agreements (partner_id, version, partner_share_bps, bank_rate_bps, partner_rate_bps, currency, \
-                     daily_quota, total_quota, effective_from, created_at, day_count, penalty_rate_bps, waterfall) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                     daily_quota, total_quota, effective_from, created_at, day_count, penalty_rate_bps, waterfall, \
+                     credit_enhancer_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 )
                 .bind(&a.partner_id)
                 .bind(v + 1)
@@ -564,6 +564,7 @@ impl Funding {
                 .bind(day_count_of(a.day_count).name())
                 .bind(a.penalty_rate_bps as i64)
                 .bind(waterfall_of(&a.waterfall).unwrap_or_default().name())
+                .bind(&a.credit_enhancer_id)
                 .execute(&mut *tx)
                 .await?;
                 let dc = day_count_of(a.day_count);
@@ -595,7 +596,7 @@ impl Funding {
         }
         let row = sqlx::query(
             "SELECT version, partner_share_bps, bank_rate_bps, partner_rate_bps, currency, daily_quota, total_quota, \
-             effective_from, created_at, day_count, penalty_rate_bps, waterfall FROM agreements \
+             effective_from, created_at, day_count, penalty_rate_bps, waterfall, credit_enhancer_id FROM agreements \
              WHERE partner_id = $1 AND effective_from <= $2 \
              ORDER BY version DESC LIMIT 1",
         )
@@ -625,6 +626,7 @@ impl Funding {
                 .iter()
                 .map(|b| component_pb(*b) as i32)
                 .collect(),
+            credit_enhancer_id: r.get(12),
         };
         self.cache
             .set(&key, &a.encode_to_vec(), self.settings.agreement_ttl)
@@ -681,6 +683,22 @@ impl Funding {
                 .await?;
                 if listed.is_none() {
                     return Err(ApiError::NotWhitelisted(format!("partner {} is not on the bank's whitelist today", r.partner_id)));
+                }
+                if !agreement.credit_enhancer_id.is_empty() {
+                    let enhancer: Option<(String,)> = sqlx::query_as(
+                        "SELECT institution_id FROM whitelist WHERE institution_id = $1 AND kind = 'CREDIT_ENHANCER' \
+                         AND effective_from <= $2 AND (effective_to = '' OR effective_to >= $2)",
+                    )
+                    .bind(&agreement.credit_enhancer_id)
+                    .bind(&day)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if enhancer.is_none() {
+                        return Err(ApiError::NotWhitelisted(format!(
+                            "credit-enhancement firm {} is not on the bank's whitelist today",
+                            agreement.credit_enhancer_id
+                        )));
+                    }
                 }
                 // Every path takes its rows in one order (partner quota, daily quota,
                 // bank exposure of the partner, of all), so concurrent bookings never deadlock.

@@ -60,6 +60,11 @@ impl FundingService for FundingGrpc {
             "agreement.waterfall",
             "must be empty or list PENALTY, INTEREST and PRINCIPAL once each",
         );
+        v.check(
+            a.credit_enhancer_id.is_empty() || caller::valid_partner_id(&a.credit_enhancer_id),
+            "agreement.credit_enhancer_id",
+            "must be empty or 1 to 64 characters of letters, digits, '-' or '_'",
+        );
         v.money("agreement.daily_quota", &a.daily_quota, Amount::Required);
         v.money("agreement.total_quota", &a.total_quota, Amount::Required);
         if let (Some(d), Some(t)) = (&a.daily_quota, &a.total_quota) {

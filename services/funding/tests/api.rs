@@ -402,6 +402,35 @@ async fn expiry(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(m(&usage.partner_co_lent), 7_000_000);
+    // Rule C12 covers the credit-enhancement firm too.
+    whitelist(&mut c, "p3").await;
+    let mut a = agreement("p3", 3_000, 1_000_000_000);
+    a.credit_enhancer_id = "guarantor-1".into();
+    c.upsert_agreement(as_bank(pb::UpsertAgreementRequest {
+        request_id: "a3".into(),
+        agreement: Some(a),
+    }))
+    .await
+    .unwrap();
+    let e = c
+        .reserve_funding(as_partner("p3", reserve("p3", "g1", 10_000_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "NOT_WHITELISTED");
+    c.whitelist_institution(as_bank(pb::WhitelistInstitutionRequest {
+        request_id: "wl-g".into(),
+        entry: Some(pb::WhitelistEntry {
+            institution_id: "guarantor-1".into(),
+            kind: pb::InstitutionKind::CreditEnhancer as i32,
+            effective_from: "2026-01-01".into(),
+            effective_to: String::new(),
+        }),
+    }))
+    .await
+    .unwrap();
+    c.reserve_funding(as_partner("p3", reserve("p3", "g2", 10_000_000)))
+        .await
+        .unwrap();
     s.stop().await;
 }
 
