@@ -330,6 +330,7 @@ impl Journey {
                 annual_rate_bps: d.annual_rate_bps,
                 all_in_apr_bps: d.all_in_apr_bps,
                 policy_version: d.policy_version.clone(),
+                fee_bps: d.fee_bps,
             };
             Ok(StepResult {
                 to: Status::Approved,
@@ -368,6 +369,7 @@ impl Journey {
         borrower_key: &str,
     ) -> ApiResult<StepResult> {
         let msg = funding::ReserveFundingRequest {
+            annual_fee_bps: d.fee_bps,
             borrower_key: borrower_key.to_string(),
             request_id: format!("{id}:funding"),
             application_id: id.to_string(),

@@ -537,6 +537,8 @@ async fn setup(c: &Clients, share_bps: i32) -> anyhow::Result<()> {
                 daily_quota: cny(5_000_000_000 * 100),
                 total_quota: cny(50_000_000_000 * 100),
                 effective_from: "2026-01-01".into(),
+                penalty_rate_bps: 1_800,
+                fee_partner_share_bps: 5_000,
                 ..Default::default()
             }),
         },

@@ -140,6 +140,7 @@ impl Credit {
                     approved_term_months: outcome.approved_term_months,
                     annual_rate_bps: outcome.annual_rate_bps,
                     all_in_apr_bps: outcome.all_in_apr_bps,
+                    fee_bps: policy.fee_bps,
                     policy_version: format!("{}/{}", policy.version, domain::SCORECARD_VERSION),
                     input: Some(input.clone()),
                     decided_at: Some(timestamp(now)),

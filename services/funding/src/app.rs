@@ -1,4 +1,5 @@
 //! Funding use cases.
+use crate::domain::Pricing;
 use crate::domain::{
     self, Bucket, DayCount, Instalment, InstalmentState, Jurisdiction, Method, Paid, Split, Terms,
     Waterfall,
@@ -75,7 +76,8 @@ const LOAN_COLS: &str = "loan_id, application_id, partner_id, status, currency, 
     term_months, method, reserved_on, disbursed_on, disbursement_ref, principal_paid, interest_paid, penalty_paid, \
     partner_principal_paid, partner_interest_paid, partner_penalty_paid, borrower_key, expires_at, day_count, \
     penalty_rate_bps, waterfall, interest_accrued, partner_interest_accrued, penalty_accrued, \
-    partner_penalty_accrued, penalty_through";
+    partner_penalty_accrued, penalty_through, fee_bps, fee_partner_bps, fee_paid, partner_fee_paid, fee_accrued, \
+    partner_fee_accrued";
 
 /// A loan as stored.
 #[derive(Clone, Debug)]
@@ -104,6 +106,8 @@ struct LoanRow {
     waterfall: Waterfall,
     accrued: Accrued,
     penalty_through: String,
+    /// Fees on top of interest, basis points a year.
+    fee_bps: i64,
 }
 
 /// Interest and penalty accrued so far, and the partner's running part of each.
@@ -111,6 +115,8 @@ struct LoanRow {
 struct Accrued {
     interest: i64,
     partner_interest: i64,
+    fee: i64,
+    partner_fee: i64,
     penalty: i64,
     partner_penalty: i64,
 }
@@ -130,6 +136,7 @@ fn loan_row(r: &AnyRow) -> LoanRow {
             partner_share_bps: r.get(9),
             bank_rate_bps: r.get(10),
             partner_rate_bps: r.get(11),
+            fee_partner_bps: r.get(35),
         },
         annual_rate_bps: r.get(12),
         term_months: r.get(13),
@@ -144,6 +151,8 @@ fn loan_row(r: &AnyRow) -> LoanRow {
             partner_principal: r.get(21),
             partner_interest: r.get(22),
             partner_penalty: r.get(23),
+            fee: r.get(36),
+            partner_fee: r.get(37),
         },
         borrower_key: r.get(24),
         expires_at: r.get(25),
@@ -155,8 +164,11 @@ fn loan_row(r: &AnyRow) -> LoanRow {
             partner_interest: r.get(30),
             penalty: r.get(31),
             partner_penalty: r.get(32),
+            fee: r.get(38),
+            partner_fee: r.get(39),
         },
         penalty_through: r.get(33),
+        fee_bps: r.get(34),
     }
 }
 
@@ -200,7 +212,7 @@ async fn load_schedule(
     loan_id: &str,
 ) -> ApiResult<(Vec<InstalmentState>, Vec<bool>)> {
     let rows = sqlx::query(
-        "SELECT seq, due_date, principal, interest, principal_paid, interest_paid, accrued FROM instalments \
+        "SELECT seq, due_date, principal, interest, principal_paid, interest_paid, accrued, fee, fee_paid FROM instalments \
          WHERE loan_id = $1 ORDER BY seq",
     )
     .bind(loan_id)
@@ -217,9 +229,11 @@ async fn load_schedule(
                     .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad stored date")))?,
                 principal: r.get(2),
                 interest: r.get(3),
+                fee: r.get(7),
             },
             principal_paid: r.get(4),
             interest_paid: r.get(5),
+            fee_paid: r.get(8),
         });
         accrued.push(r.get::<i64, _>(6) != 0);
     }
@@ -261,6 +275,7 @@ pub fn waterfall_of(v: &[i32]) -> Option<Waterfall> {
             Ok(pb::Component::Penalty) => "PENALTY",
             Ok(pb::Component::Interest) => "INTEREST",
             Ok(pb::Component::Principal) => "PRINCIPAL",
+            Ok(pb::Component::Fee) => "FEE",
             _ => "?",
         })
         .collect();
@@ -277,6 +292,7 @@ fn day_count_pb(d: DayCount) -> pb::DayCount {
 fn component_pb(b: Bucket) -> pb::Component {
     match b {
         Bucket::Penalty => pb::Component::Penalty,
+        Bucket::Fee => pb::Component::Fee,
         Bucket::Interest => pb::Component::Interest,
         Bucket::Principal => pb::Component::Principal,
     }
@@ -298,6 +314,7 @@ fn loan_pb(l: &LoanRow, schedule: &[InstalmentState], repayments: Vec<pb::Repaym
                 sequence: x.seq,
                 principal: money(x.principal, c),
                 interest: money(x.interest, c),
+                fee: money(x.fee, c),
             })
             .collect()
     };
@@ -305,31 +322,38 @@ fn loan_pb(l: &LoanRow, schedule: &[InstalmentState], repayments: Vec<pb::Repaym
     funder_schedule.extend(lines(Funder::Partner, &partner_lines));
     let (p, a) = (&l.paid, &l.accrued);
     let balance = |f: Funder| {
-        let (amount, pp, ia, ip, pa, pep) = match f {
-            Funder::Partner => (
+        // (principal, principal paid, interest accrued/paid, fee accrued/paid, penalty accrued/paid)
+        let v = match f {
+            Funder::Partner => [
                 l.partner_amount,
                 p.partner_principal,
                 a.partner_interest,
                 p.partner_interest,
+                a.partner_fee,
+                p.partner_fee,
                 a.partner_penalty,
                 p.partner_penalty,
-            ),
-            _ => (
+            ],
+            _ => [
                 l.bank_amount,
                 p.principal - p.partner_principal,
                 a.interest - a.partner_interest,
                 p.interest - p.partner_interest,
+                a.fee - a.partner_fee,
+                p.fee - p.partner_fee,
                 a.penalty - a.partner_penalty,
                 p.penalty - p.partner_penalty,
-            ),
+            ],
         };
         pb::FunderBalance {
             funder: f as i32,
-            principal_outstanding: money(if live { amount - pp } else { 0 }, c),
-            interest_accrued: money(ia, c),
-            interest_paid: money(ip, c),
-            penalty_accrued: money(pa, c),
-            penalty_paid: money(pep, c),
+            principal_outstanding: money(if live { v[0] - v[1] } else { 0 }, c),
+            interest_accrued: money(v[2], c),
+            interest_paid: money(v[3], c),
+            fee_accrued: money(v[4], c),
+            fee_paid: money(v[5], c),
+            penalty_accrued: money(v[6], c),
+            penalty_paid: money(v[7], c),
         }
     };
     let balances = vec![balance(Funder::Bank), balance(Funder::Partner)];
@@ -357,7 +381,8 @@ fn loan_pb(l: &LoanRow, schedule: &[InstalmentState], repayments: Vec<pb::Repaym
                 due_date: format_date(i.due),
                 principal: money(i.principal, c),
                 interest: money(i.interest, c),
-                total: money(i.principal + i.interest, c),
+                total: money(i.total(), c),
+                fee: money(i.fee, c),
             })
             .collect(),
         bank_outstanding: balances[0].principal_outstanding.clone(),
@@ -374,6 +399,8 @@ fn loan_pb(l: &LoanRow, schedule: &[InstalmentState], repayments: Vec<pb::Repaym
             .collect(),
         funder_schedule,
         balances,
+        annual_fee_bps: l.fee_bps as i32,
+        fee_partner_share_bps: l.terms.fee_partner_bps as i32,
     }
 }
 
@@ -385,14 +412,15 @@ async fn insert_instalments(
 ) -> ApiResult<()> {
     for i in sched {
         sqlx::query(
-            "INSERT INTO instalments (loan_id, seq, due_date, principal, interest, principal_paid, interest_paid, accrued) \
-             VALUES ($1, $2, $3, $4, $5, 0, 0, 0)",
+            "INSERT INTO instalments (loan_id, seq, due_date, principal, interest, principal_paid, interest_paid, accrued, \
+             fee, fee_paid) VALUES ($1, $2, $3, $4, $5, 0, 0, 0, $6, 0)",
         )
         .bind(loan_id)
         .bind(i.seq as i64)
         .bind(format_date(i.due))
         .bind(i.principal)
         .bind(i.interest)
+        .bind(i.fee)
         .execute(&mut *conn)
         .await?;
     }
@@ -549,7 +577,8 @@ impl Funding {
                 sqlx::query(
                     "INSERT INTO agreements (partner_id, version, partner_share_bps, bank_rate_bps, partner_rate_bps, currency, \
                      daily_quota, total_quota, effective_from, created_at, day_count, penalty_rate_bps, waterfall, \
-                     credit_enhancer_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                     credit_enhancer_id, fee_partner_share_bps) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
                 .bind(&a.partner_id)
                 .bind(v + 1)
@@ -565,6 +594,7 @@ impl Funding {
                 .bind(a.penalty_rate_bps as i64)
                 .bind(waterfall_of(&a.waterfall).unwrap_or_default().name())
                 .bind(&a.credit_enhancer_id)
+                .bind(a.fee_partner_share_bps as i64)
                 .execute(&mut *tx)
                 .await?;
                 let dc = day_count_of(a.day_count);
@@ -596,7 +626,8 @@ impl Funding {
         }
         let row = sqlx::query(
             "SELECT version, partner_share_bps, bank_rate_bps, partner_rate_bps, currency, daily_quota, total_quota, \
-             effective_from, created_at, day_count, penalty_rate_bps, waterfall, credit_enhancer_id FROM agreements \
+             effective_from, created_at, day_count, penalty_rate_bps, waterfall, credit_enhancer_id, \
+             fee_partner_share_bps FROM agreements \
              WHERE partner_id = $1 AND effective_from <= $2 \
              ORDER BY version DESC LIMIT 1",
         )
@@ -627,6 +658,7 @@ impl Funding {
                 .map(|b| component_pb(*b) as i32)
                 .collect(),
             credit_enhancer_id: r.get(12),
+            fee_partner_share_bps: r.get::<i64, _>(13) as i32,
         };
         self.cache
             .set(&key, &a.encode_to_vec(), self.settings.agreement_ttl)
@@ -780,6 +812,7 @@ impl Funding {
                         partner_share_bps: agreement.partner_share_bps as i64,
                         bank_rate_bps: agreement.bank_rate_bps as i64,
                         partner_rate_bps: agreement.partner_rate_bps as i64,
+                        fee_partner_bps: agreement.fee_partner_share_bps as i64,
                     },
                     annual_rate_bps: r.annual_rate_bps as i64,
                     term_months: r.term_months as i64,
@@ -795,11 +828,12 @@ impl Funding {
                     waterfall: waterfall_of(&agreement.waterfall).unwrap_or_default(),
                     accrued: Accrued::default(),
                     penalty_through: String::new(),
+                    fee_bps: r.annual_fee_bps as i64,
                 };
                 sqlx::query(&format!(
                     "INSERT INTO loans ({LOAN_COLS}, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
                      $11, $12, $13, $14, $15, $16, $17, $18, 0, 0, 0, 0, 0, 0, $19, $20, $21, $22, $23, 0, 0, 0, 0, '', \
-                     $24, $24)"
+                     $24, $25, 0, 0, 0, 0, $26, $26)"
                 ))
                 .bind(&row.loan_id)
                 .bind(&row.application_id)
@@ -824,6 +858,8 @@ impl Funding {
                 .bind(row.day_count.name())
                 .bind(row.penalty_rate_bps)
                 .bind(row.waterfall.name())
+                .bind(row.fee_bps)
+                .bind(row.terms.fee_partner_bps)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
@@ -1066,7 +1102,7 @@ impl Funding {
                 let sched = domain::schedule(
                     l.principal,
                     l.term_months as i32,
-                    l.annual_rate_bps,
+                    Pricing { rate_bps: l.annual_rate_bps, fee_bps: l.fee_bps },
                     method_of(l.method),
                     value_date,
                     l.day_count,
@@ -1100,7 +1136,7 @@ impl Funding {
                 .await?;
                 let states: Vec<InstalmentState> = sched
                     .into_iter()
-                    .map(|inst| InstalmentState { inst, principal_paid: 0, interest_paid: 0 })
+                    .map(InstalmentState::new)
                     .collect();
                 Ok(loan_pb(&l, &states, Vec::new()))
             })
@@ -1200,6 +1236,27 @@ impl Funding {
                     l.accrued.interest = total;
                     l.accrued.partner_interest += partner;
                 }
+                // And their fees, split by the agreement's fee split.
+                let add_fee: i64 = insts.iter().filter(|s| newly.contains(&s.inst.seq)).map(|s| s.inst.fee).sum();
+                if add_fee > 0 {
+                    let total = l.accrued.fee + add_fee;
+                    let partner = domain::partner_fee_part(total, &l.terms) - l.accrued.partner_fee;
+                    let bank = add_fee - partner;
+                    post(
+                        tx,
+                        &loan_id,
+                        &c,
+                        &[
+                            ("BANK", "FEE_RECEIVABLE", bank, 0),
+                            ("BANK", "FEE_INCOME", 0, bank),
+                            ("PARTNER", "FEE_RECEIVABLE", partner, 0),
+                            ("PARTNER", "FEE_INCOME", 0, partner),
+                        ],
+                    )
+                    .await?;
+                    l.accrued.fee = total;
+                    l.accrued.partner_fee += partner;
+                }
                 for seq in &newly {
                     sqlx::query("UPDATE instalments SET accrued = 1 WHERE loan_id = $1 AND seq = $2")
                         .bind(&loan_id)
@@ -1218,16 +1275,18 @@ impl Funding {
                     l.waterfall,
                 )
                 .map_err(|e| ApiError::field("amount.minor_units", &e.to_string()))?;
-                let next = domain::apply(&insts, &a, value_date, l.annual_rate_bps, method_of(l.method), l.day_count);
-                for (seq, p, i) in &a.instalments {
+                let price = Pricing { rate_bps: l.annual_rate_bps, fee_bps: l.fee_bps };
+                let next = domain::apply(&insts, &a, value_date, price, method_of(l.method), l.day_count);
+                for pay in &a.instalments {
                     sqlx::query(
-                        "UPDATE instalments SET principal_paid = principal_paid + $1, interest_paid = interest_paid + $2 \
-                         WHERE loan_id = $3 AND seq = $4",
+                        "UPDATE instalments SET principal_paid = principal_paid + $1, interest_paid = interest_paid + $2, \
+                         fee_paid = fee_paid + $3 WHERE loan_id = $4 AND seq = $5",
                     )
-                    .bind(*p)
-                    .bind(*i)
+                    .bind(pay.principal)
+                    .bind(pay.interest)
+                    .bind(pay.fee)
                     .bind(&loan_id)
-                    .bind(*seq as i64)
+                    .bind(pay.seq as i64)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -1249,7 +1308,8 @@ impl Funding {
                     "UPDATE loans SET principal_paid = $1, interest_paid = $2, penalty_paid = $3, partner_principal_paid = $4, \
                      partner_interest_paid = $5, partner_penalty_paid = $6, status = $7, updated_at = $8, \
                      interest_accrued = $9, partner_interest_accrued = $10, penalty_accrued = $11, \
-                     partner_penalty_accrued = $12, penalty_through = $13 WHERE loan_id = $14",
+                     partner_penalty_accrued = $12, penalty_through = $13, fee_paid = $15, partner_fee_paid = $16, \
+                     fee_accrued = $17, partner_fee_accrued = $18 WHERE loan_id = $14",
                 )
                 .bind(a.after.principal)
                 .bind(a.after.interest)
@@ -1265,6 +1325,10 @@ impl Funding {
                 .bind(l.accrued.partner_penalty)
                 .bind(&l.penalty_through)
                 .bind(&loan_id)
+                .bind(a.after.fee)
+                .bind(a.after.partner_fee)
+                .bind(l.accrued.fee)
+                .bind(l.accrued.partner_fee)
                 .execute(&mut *tx)
                 .await?;
                 // Principal repaid frees the partner's total quota (revolving) and the bank's C2/C3 room.
@@ -1282,10 +1346,12 @@ impl Funding {
                         ("BANK", "CASH", a.bank.total(), 0),
                         ("BANK", "LOANS_RECEIVABLE", 0, a.bank.principal),
                         ("BANK", "INTEREST_RECEIVABLE", 0, a.bank.interest),
+                        ("BANK", "FEE_RECEIVABLE", 0, a.bank.fee),
                         ("BANK", "PENALTY_RECEIVABLE", 0, a.bank.penalty),
                         ("PARTNER", "CASH", a.partner.total(), 0),
                         ("PARTNER", "LOANS_RECEIVABLE", 0, a.partner.principal),
                         ("PARTNER", "INTEREST_RECEIVABLE", 0, a.partner.interest),
+                        ("PARTNER", "FEE_RECEIVABLE", 0, a.partner.fee),
                         ("PARTNER", "PENALTY_RECEIVABLE", 0, a.partner.penalty),
                     ],
                 )
@@ -1294,6 +1360,7 @@ impl Funding {
                 for (funder, parts) in [(Funder::Bank, a.bank), (Funder::Partner, a.partner)] {
                     for (component, v) in [
                         (pb::Component::Penalty, parts.penalty),
+                        (pb::Component::Fee, parts.fee),
                         (pb::Component::Interest, parts.interest),
                         (pb::Component::Principal, parts.principal),
                     ] {

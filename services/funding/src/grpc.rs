@@ -61,6 +61,11 @@ impl FundingService for FundingGrpc {
             "must be empty or list PENALTY, INTEREST and PRINCIPAL once each",
         );
         v.check(
+            (0..=10_000).contains(&a.fee_partner_share_bps),
+            "agreement.fee_partner_share_bps",
+            "must be 0 to 10000",
+        );
+        v.check(
             a.credit_enhancer_id.is_empty() || caller::valid_partner_id(&a.credit_enhancer_id),
             "agreement.credit_enhancer_id",
             "must be empty or 1 to 64 characters of letters, digits, '-' or '_'",
@@ -125,6 +130,11 @@ impl FundingService for FundingGrpc {
         v.check(
             (0..=10_000).contains(&r.annual_rate_bps),
             "annual_rate_bps",
+            "must be 0 to 10000",
+        );
+        v.check(
+            (0..=10_000).contains(&r.annual_fee_bps),
+            "annual_fee_bps",
             "must be 0 to 10000",
         );
         v.check(

@@ -20,6 +20,7 @@ fn agreement(partner: &str, share: i32, total_quota: i64) -> pb::Agreement {
         daily_quota: cny(1_000_000_000 * 100),
         total_quota: cny(total_quota),
         effective_from: "2026-01-01".into(),
+        fee_partner_share_bps: 4_000,
         ..Default::default()
     }
 }
@@ -34,6 +35,7 @@ fn reserve(partner: &str, app: &str, principal: i64) -> pb::ReserveFundingReques
         annual_rate_bps: 1_000,
         repayment_method: RepaymentMethod::EqualInstalment as i32,
         borrower_key: format!("borrower-{app}"),
+        annual_fee_bps: 100,
     }
 }
 

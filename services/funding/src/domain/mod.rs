@@ -16,6 +16,8 @@ pub struct Terms {
     pub partner_share_bps: i64,
     pub bank_rate_bps: i64,
     pub partner_rate_bps: i64,
+    /// The partner's share of fees, basis points; the bank takes the rest.
+    pub fee_partner_bps: i64,
 }
 
 /// The split of a principal: bank + partner = principal.

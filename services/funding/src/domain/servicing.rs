@@ -50,6 +50,21 @@ pub struct Instalment {
     pub due: NaiveDate,
     pub principal: i64,
     pub interest: i64,
+    /// Fees of the period (credit enhancement included), on the same balance as interest.
+    pub fee: i64,
+}
+
+impl Instalment {
+    pub fn total(&self) -> i64 {
+        self.principal + self.interest + self.fee
+    }
+}
+
+/// What a schedule charges a year: the borrower's rate and fees on top.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pricing {
+    pub rate_bps: i64,
+    pub fee_bps: i64,
 }
 
 /// `start` plus `k` months for k in `first..first + n`, each computed from
@@ -87,7 +102,7 @@ fn last_payment(principal: i64, days: &[i64], bps: i64, dc: DayCount, m: i64) ->
 pub fn schedule(
     principal: i64,
     n: i32,
-    annual_bps: i64,
+    price: Pricing,
     method: Method,
     start: NaiveDate,
     dc: DayCount,
@@ -97,7 +112,7 @@ pub fn schedule(
         start,
         &due_dates(start, 1, n as u32),
         1,
-        annual_bps,
+        price,
         method,
         dc,
     )
@@ -110,11 +125,13 @@ pub fn schedule_from(
     from: NaiveDate,
     dues: &[NaiveDate],
     first_seq: i32,
-    annual_bps: i64,
+    price: Pricing,
     method: Method,
     dc: DayCount,
 ) -> Vec<Instalment> {
-    assert!(principal >= 0 && annual_bps >= 0);
+    let annual_bps = price.rate_bps;
+    assert!(principal >= 0 && annual_bps >= 0 && price.fee_bps >= 0);
+    let fee_on = |bal: i64, days: i64| interest(bal, price.fee_bps, days, dc);
     let n = dues.len();
     if n == 0 {
         return Vec::new();
@@ -148,6 +165,7 @@ pub fn schedule_from(
             };
             for k in 0..n {
                 let i = interest(bal, annual_bps, days[k], dc);
+                let fee = fee_on(bal, days[k]);
                 let p = if k == n - 1 {
                     bal
                 } else {
@@ -159,6 +177,7 @@ pub fn schedule_from(
                     due: dues[k],
                     principal: p,
                     interest: i,
+                    fee,
                 });
             }
         }
@@ -167,6 +186,7 @@ pub fn schedule_from(
             let extra = principal % n as i64;
             for k in 0..n {
                 let i = interest(bal, annual_bps, days[k], dc);
+                let fee = fee_on(bal, days[k]);
                 let p = base + i64::from((k as i64) < extra);
                 bal -= p;
                 out.push(Instalment {
@@ -174,18 +194,21 @@ pub fn schedule_from(
                     due: dues[k],
                     principal: p,
                     interest: i,
+                    fee,
                 });
             }
         }
         Method::InterestFirst => {
             for k in 0..n {
                 let i = interest(principal, annual_bps, days[k], dc);
+                let fee = fee_on(principal, days[k]);
                 let p = if k == n - 1 { principal } else { 0 };
                 out.push(Instalment {
                     seq: seq(k),
                     due: dues[k],
                     principal: p,
                     interest: i,
+                    fee,
                 });
             }
         }
@@ -215,12 +238,18 @@ pub fn partner_interest_part(total: i64, split: Split, terms: &Terms) -> i64 {
     }
 }
 
+/// The partner's part of a running total of fees, by the agreement's fee split.
+pub fn partner_fee_part(total: i64, terms: &Terms) -> i64 {
+    mul_div_floor(total, terms.fee_partner_bps, BPS_ONE)
+}
+
 /// One funder's part of one instalment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FunderLine {
     pub seq: i32,
     pub principal: i64,
     pub interest: i64,
+    pub fee: i64,
 }
 
 /// Each funder's schedule: (bank, partner). Line by line the two sum to the
@@ -230,27 +259,29 @@ pub fn funder_schedules(
     split: Split,
     terms: &Terms,
 ) -> (Vec<FunderLine>, Vec<FunderLine>) {
-    let (mut pc, mut ic, mut partner_p, mut partner_i) = (0, 0, 0, 0);
+    let (mut pc, mut ic, mut fc) = (0, 0, 0);
+    let (mut partner_p, mut partner_i, mut partner_f) = (0, 0, 0);
     let mut bank = Vec::with_capacity(s.len());
     let mut partner = Vec::with_capacity(s.len());
     for i in s {
         pc += i.principal;
         ic += i.interest;
-        let (np, ni) = (
-            partner_principal_part(pc, split),
-            partner_interest_part(ic, split, terms),
-        );
+        fc += i.fee;
+        let np = partner_principal_part(pc, split);
+        let ni = partner_interest_part(ic, split, terms);
+        let nf = partner_fee_part(fc, terms);
         let line = FunderLine {
             seq: i.seq,
             principal: np - partner_p,
             interest: ni - partner_i,
+            fee: nf - partner_f,
         };
-        partner_p = np;
-        partner_i = ni;
+        (partner_p, partner_i, partner_f) = (np, ni, nf);
         bank.push(FunderLine {
             seq: i.seq,
             principal: i.principal - line.principal,
             interest: i.interest - line.interest,
+            fee: i.fee - line.fee,
         });
         partner.push(line);
     }
@@ -263,11 +294,23 @@ pub struct InstalmentState {
     pub inst: Instalment,
     pub principal_paid: i64,
     pub interest_paid: i64,
+    pub fee_paid: i64,
 }
 
 impl InstalmentState {
+    pub fn new(inst: Instalment) -> Self {
+        InstalmentState {
+            inst,
+            principal_paid: 0,
+            interest_paid: 0,
+            fee_paid: 0,
+        }
+    }
+
     pub fn unpaid(&self) -> i64 {
-        (self.inst.principal - self.principal_paid) + (self.inst.interest - self.interest_paid)
+        (self.inst.principal - self.principal_paid)
+            + (self.inst.interest - self.interest_paid)
+            + (self.inst.fee - self.fee_paid)
     }
 }
 
@@ -295,47 +338,72 @@ pub fn penalty_accrual(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bucket {
     Penalty,
+    Fee,
     Interest,
     Principal,
 }
 
-/// The order in which a repayment pays components (default penalty →
+impl Bucket {
+    fn name(&self) -> &'static str {
+        match self {
+            Bucket::Penalty => "PENALTY",
+            Bucket::Fee => "FEE",
+            Bucket::Interest => "INTEREST",
+            Bucket::Principal => "PRINCIPAL",
+        }
+    }
+}
+
+/// The order in which a repayment pays components (default penalty → fee →
 /// interest → principal). Penalty is loan-level: first if it comes first,
-/// otherwise after the instalments; interest and principal are taken per
-/// instalment, oldest first, in the order given.
+/// otherwise after the instalments; fee, interest and principal are taken
+/// per instalment, oldest first, in the order given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Waterfall(pub [Bucket; 3]);
+pub struct Waterfall(pub [Bucket; 4]);
 
 impl Default for Waterfall {
     fn default() -> Self {
-        Waterfall([Bucket::Penalty, Bucket::Interest, Bucket::Principal])
+        Waterfall([
+            Bucket::Penalty,
+            Bucket::Fee,
+            Bucket::Interest,
+            Bucket::Principal,
+        ])
     }
 }
 
 impl Waterfall {
-    /// "PENALTY,INTEREST,PRINCIPAL" and its permutations.
+    /// "PENALTY,FEE,INTEREST,PRINCIPAL" and its permutations. An order that
+    /// leaves out FEE (written before fees existed) takes fees just before interest.
     pub fn parse(s: &str) -> Option<Waterfall> {
-        let v: Vec<Bucket> = s
+        let mut v: Vec<Bucket> = s
             .split(',')
             .map(|p| match p.trim() {
                 "PENALTY" => Some(Bucket::Penalty),
+                "FEE" => Some(Bucket::Fee),
                 "INTEREST" => Some(Bucket::Interest),
                 "PRINCIPAL" => Some(Bucket::Principal),
                 _ => None,
             })
             .collect::<Option<_>>()?;
-        let all = [Bucket::Penalty, Bucket::Interest, Bucket::Principal];
-        (v.len() == 3 && all.iter().all(|b| v.contains(b))).then(|| Waterfall([v[0], v[1], v[2]]))
+        if v.len() == 3 && !v.contains(&Bucket::Fee) {
+            let at = v.iter().position(|b| *b == Bucket::Interest)?;
+            v.insert(at, Bucket::Fee);
+        }
+        let all = [
+            Bucket::Penalty,
+            Bucket::Fee,
+            Bucket::Interest,
+            Bucket::Principal,
+        ];
+        (v.len() == 4 && all.iter().all(|b| v.contains(b)))
+            .then(|| Waterfall([v[0], v[1], v[2], v[3]]))
     }
 
     pub fn name(&self) -> String {
         self.0
             .iter()
-            .map(|b| match b {
-                Bucket::Penalty => "PENALTY",
-                Bucket::Interest => "INTEREST",
-                Bucket::Principal => "PRINCIPAL",
-            })
+            .map(Bucket::name)
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -346,9 +414,11 @@ impl Waterfall {
 pub struct Paid {
     pub principal: i64,
     pub interest: i64,
+    pub fee: i64,
     pub penalty: i64,
     pub partner_principal: i64,
     pub partner_interest: i64,
+    pub partner_fee: i64,
     pub partner_penalty: i64,
 }
 
@@ -356,14 +426,24 @@ pub struct Paid {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Parts {
     pub penalty: i64,
+    pub fee: i64,
     pub interest: i64,
     pub principal: i64,
 }
 
 impl Parts {
     pub fn total(&self) -> i64 {
-        self.penalty + self.interest + self.principal
+        self.penalty + self.fee + self.interest + self.principal
     }
+}
+
+/// How much of one instalment a repayment pays.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Paying {
+    pub seq: i32,
+    pub principal: i64,
+    pub interest: i64,
+    pub fee: i64,
 }
 
 /// How one repayment is allocated.
@@ -371,8 +451,8 @@ impl Parts {
 pub struct Allocation {
     pub bank: Parts,
     pub partner: Parts,
-    /// Per instalment touched: (seq, principal, interest).
-    pub instalments: Vec<(i32, i64, i64)>,
+    /// Per instalment touched.
+    pub instalments: Vec<Paying>,
     /// Principal paid ahead of schedule; the remaining schedule is recomputed.
     pub prepaid: i64,
     /// The loan's running totals after this repayment.
@@ -384,13 +464,13 @@ pub enum WaterfallError {
     #[error("amount must be positive")]
     NotPositive,
     #[error(
-        "amount {amount} exceeds the {outstanding} that can be paid now (penalty, instalments due, outstanding principal)"
+        "amount {amount} exceeds the {outstanding} that can be paid now (penalty, instalments payable, outstanding principal)"
     )]
     ExceedsOutstanding { amount: i64, outstanding: i64 },
 }
 
 /// Instalments payable on `value_date`: those due by then, and the current
-/// period's (paying it early pays it, with its full interest).
+/// period's (paying it early pays it, with its full interest and fee).
 pub fn payable(insts: &[InstalmentState], value_date: NaiveDate) -> usize {
     let due = insts
         .iter()
@@ -440,27 +520,28 @@ pub fn allocate(
         penalty = left.min(penalty_due);
         left -= penalty;
     }
-    let (mut interest, mut principal) = (0, 0);
+    let (mut fee, mut interest, mut principal) = (0, 0, 0);
     let mut touched = Vec::new();
     for s in &insts[..payable(insts, value_date)] {
-        let (mut p, mut i) = (0, 0);
+        let mut pay = Paying {
+            seq: s.inst.seq,
+            ..Default::default()
+        };
         for b in waterfall.0 {
-            match b {
-                Bucket::Interest => {
-                    i = left.min(s.inst.interest - s.interest_paid);
-                    left -= i;
-                }
-                Bucket::Principal => {
-                    p = left.min(s.inst.principal - s.principal_paid);
-                    left -= p;
-                }
-                Bucket::Penalty => {}
-            }
+            let (slot, owed) = match b {
+                Bucket::Fee => (&mut pay.fee, s.inst.fee - s.fee_paid),
+                Bucket::Interest => (&mut pay.interest, s.inst.interest - s.interest_paid),
+                Bucket::Principal => (&mut pay.principal, s.inst.principal - s.principal_paid),
+                Bucket::Penalty => continue,
+            };
+            *slot = left.min(owed);
+            left -= *slot;
         }
-        if p > 0 || i > 0 {
-            touched.push((s.inst.seq, p, i));
-            principal += p;
-            interest += i;
+        if pay.principal > 0 || pay.interest > 0 || pay.fee > 0 {
+            principal += pay.principal;
+            interest += pay.interest;
+            fee += pay.fee;
+            touched.push(pay);
         }
     }
     if !penalty_first {
@@ -473,17 +554,21 @@ pub fn allocate(
     let mut after = paid.clone();
     after.principal += principal;
     after.interest += interest;
+    after.fee += fee;
     after.penalty += penalty;
     after.partner_principal = partner_principal_part(after.principal, split);
     after.partner_penalty = partner_principal_part(after.penalty, split);
     after.partner_interest = partner_interest_part(after.interest, split, terms);
+    after.partner_fee = partner_fee_part(after.fee, terms);
     let partner = Parts {
         penalty: after.partner_penalty - paid.partner_penalty,
+        fee: after.partner_fee - paid.partner_fee,
         interest: after.partner_interest - paid.partner_interest,
         principal: after.partner_principal - paid.partner_principal,
     };
     let bank = Parts {
         penalty: penalty - partner.penalty,
+        fee: fee - partner.fee,
         interest: interest - partner.interest,
         principal: principal - partner.principal,
     };
@@ -503,15 +588,16 @@ pub fn apply(
     insts: &[InstalmentState],
     a: &Allocation,
     value_date: NaiveDate,
-    annual_bps: i64,
+    price: Pricing,
     method: Method,
     dc: DayCount,
 ) -> Vec<InstalmentState> {
     let mut out: Vec<InstalmentState> = insts.to_vec();
-    for (seq, p, i) in &a.instalments {
-        if let Some(s) = out.iter_mut().find(|s| s.inst.seq == *seq) {
-            s.principal_paid += p;
-            s.interest_paid += i;
+    for pay in &a.instalments {
+        if let Some(s) = out.iter_mut().find(|s| s.inst.seq == pay.seq) {
+            s.principal_paid += pay.principal;
+            s.interest_paid += pay.interest;
+            s.fee_paid += pay.fee;
         }
     }
     if a.prepaid == 0 {
@@ -525,13 +611,9 @@ pub fn apply(
     let first_seq = later.first().map(|s| s.inst.seq).unwrap_or(1);
     if remaining > 0 {
         out.extend(
-            schedule_from(remaining, from, &dues, first_seq, annual_bps, method, dc)
+            schedule_from(remaining, from, &dues, first_seq, price, method, dc)
                 .into_iter()
-                .map(|inst| InstalmentState {
-                    inst,
-                    principal_paid: 0,
-                    interest_paid: 0,
-                }),
+                .map(InstalmentState::new),
         );
     }
     out
@@ -546,14 +628,15 @@ mod tests {
         NaiveDate::from_ymd_opt(y, m, day).unwrap()
     }
 
+    fn px(rate_bps: i64) -> Pricing {
+        Pricing {
+            rate_bps,
+            fee_bps: 100,
+        }
+    }
+
     fn state(s: Vec<Instalment>) -> Vec<InstalmentState> {
-        s.into_iter()
-            .map(|inst| InstalmentState {
-                inst,
-                principal_paid: 0,
-                interest_paid: 0,
-            })
-            .collect()
+        s.into_iter().map(InstalmentState::new).collect()
     }
 
     fn terms() -> Terms {
@@ -561,6 +644,7 @@ mod tests {
             partner_share_bps: 3_000,
             bank_rate_bps: 1_000,
             partner_rate_bps: 1_800,
+            fee_partner_bps: 4_000,
         }
     }
 
@@ -588,7 +672,7 @@ mod tests {
         let s = schedule(
             12_000_000,
             12,
-            1_200,
+            px(1_200),
             Method::EqualInstalment,
             d(2026, 1, 15),
             DayCount::Act365,
@@ -607,7 +691,7 @@ mod tests {
         let s = schedule(
             1_000_003,
             3,
-            1_200,
+            px(1_200),
             Method::EqualPrincipal,
             d(2026, 1, 1),
             DayCount::Act360,
@@ -624,7 +708,7 @@ mod tests {
         let b = schedule(
             1_000_000,
             6,
-            1_200,
+            px(1_200),
             Method::InterestFirst,
             d(2026, 1, 1),
             DayCount::Act360,
@@ -638,7 +722,7 @@ mod tests {
         let s = state(schedule(
             1_000_000,
             2,
-            1_200,
+            px(1_200),
             Method::EqualPrincipal,
             d(2026, 1, 1),
             DayCount::Act360,
@@ -654,10 +738,14 @@ mod tests {
             Waterfall::default(),
         )
         .unwrap();
+        // Fees first, then interest; no principal yet.
+        let fee = s[0].inst.fee;
+        assert_eq!(a.bank.fee + a.partner.fee, fee);
+        assert_eq!(a.partner.fee, fee * 4_000 / 10_000);
         assert_eq!(a.bank.principal + a.partner.principal, 0);
-        assert_eq!(a.bank.interest + a.partner.interest, 5_000);
+        assert_eq!(a.bank.interest + a.partner.interest, 5_000 - fee);
         // Interest weights: bank 700,000 × 1000, partner 300,000 × 1800.
-        assert_eq!(a.partner.interest, 5_000 * 540 / 1240);
+        assert_eq!(a.partner.interest, (5_000 - fee) * 540 / 1240);
         let big = allocate(
             2_000_000,
             d(2026, 2, 1),
@@ -678,7 +766,7 @@ mod tests {
         let s = state(schedule(
             1_000_000,
             2,
-            1_200,
+            px(1_200),
             Method::EqualPrincipal,
             d(2026, 1, 1),
             DayCount::Act360,
@@ -697,8 +785,25 @@ mod tests {
         .unwrap();
         // Principal, then interest, of the first instalment; then principal of the
         // current one; the penalty comes last and gets nothing.
-        assert_eq!(a.instalments[0], (1, 500_000, s[0].inst.interest));
-        assert_eq!(a.instalments[1], (2, 100_000 - s[0].inst.interest, 0));
+        let (i1, f1) = (s[0].inst.interest, s[0].inst.fee);
+        assert_eq!(
+            a.instalments[0],
+            Paying {
+                seq: 1,
+                principal: 500_000,
+                interest: i1,
+                fee: f1
+            }
+        );
+        assert_eq!(
+            a.instalments[1],
+            Paying {
+                seq: 2,
+                principal: 100_000 - i1 - f1,
+                interest: 0,
+                fee: 0
+            }
+        );
         assert_eq!(a.bank.penalty + a.partner.penalty, 0);
         assert_eq!(a.prepaid, 0);
         assert!(Waterfall::parse("PENALTY,PENALTY,INTEREST").is_none());
@@ -709,7 +814,7 @@ mod tests {
         let s = state(schedule(
             1_000_000,
             2,
-            1_200,
+            px(1_200),
             Method::EqualPrincipal,
             d(2026, 1, 1),
             DayCount::Act360,
@@ -729,7 +834,7 @@ mod tests {
         let s = state(schedule(
             1_200_000,
             12,
-            1_200,
+            px(1_200),
             Method::EqualInstalment,
             d(2026, 1, 1),
             DayCount::Act360,
@@ -751,7 +856,7 @@ mod tests {
             &s,
             &a,
             d(2026, 1, 20),
-            1_200,
+            px(1_200),
             Method::EqualInstalment,
             DayCount::Act360,
         );
@@ -783,7 +888,7 @@ mod tests {
     proptest! {
         #[test]
         fn schedules_sum_exactly(p in 1i64..10_000_000_000, n in 1i32..=60, bps in 0i64..3_600, m in method(), dc in dc()) {
-            let s = schedule(p, n, bps, m, d(2026, 3, 31), dc);
+            let s = schedule(p, n, px(bps), m, d(2026, 3, 31), dc);
             prop_assert_eq!(s.len(), n as usize);
             prop_assert_eq!(s.iter().map(|i| i.principal).sum::<i64>(), p);
             prop_assert!(s.iter().all(|i| i.principal >= 0 && i.interest >= 0));
@@ -792,9 +897,9 @@ mod tests {
         #[test]
         fn funder_schedules_sum_line_by_line(p in 100i64..1_000_000_000, n in 1i32..=36, bps in 0i64..3_600, m in method(),
                                              share in 1_000i64..9_000, br in 0i64..3_000, pr in 0i64..3_000) {
-            let s = schedule(p, n, bps, m, d(2026, 1, 31), DayCount::Act360);
+            let s = schedule(p, n, px(bps), m, d(2026, 1, 31), DayCount::Act360);
             let sp = super::super::split(p, share);
-            let t = Terms { partner_share_bps: share, bank_rate_bps: br, partner_rate_bps: pr };
+            let t = Terms { partner_share_bps: share, bank_rate_bps: br, partner_rate_bps: pr , fee_partner_bps: 4_000 };
             let (b, q) = funder_schedules(&s, sp, &t);
             for ((i, x), y) in s.iter().zip(&b).zip(&q) {
                 prop_assert_eq!(x.principal + y.principal, i.principal);
@@ -813,9 +918,9 @@ mod tests {
             penalty_first in proptest::bool::ANY,
         ) {
             let start = d(2026, 1, 15);
-            let mut s = state(schedule(p, n, bps, m, start, DayCount::Act360));
+            let mut s = state(schedule(p, n, px(bps), m, start, DayCount::Act360));
             let sp = super::super::split(p, share);
-            let t = Terms { partner_share_bps: share, bank_rate_bps: br, partner_rate_bps: pr };
+            let t = Terms { partner_share_bps: share, bank_rate_bps: br, partner_rate_bps: pr , fee_partner_bps: 4_000 };
             let w = if penalty_first { Waterfall::default() } else { Waterfall::parse("INTEREST,PRINCIPAL,PENALTY").unwrap() };
             let mut paid = Paid::default();
             let (mut penalty_accrued, mut through) = (0i64, start);
@@ -837,7 +942,7 @@ mod tests {
                 bank_p += a.bank.principal;
                 partner_p += a.partner.principal;
                 received += amount;
-                s = apply(&s, &a, day, bps, m, DayCount::Act360);
+                s = apply(&s, &a, day, px(bps), m, DayCount::Act360);
                 paid = a.after;
                 prop_assert!(s.iter().all(|x| x.principal_paid <= x.inst.principal && x.interest_paid <= x.inst.interest));
             }
