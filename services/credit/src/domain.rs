@@ -29,6 +29,9 @@ pub struct Policy {
     pub per_borrower_cap: i64,
     /// Most an individual business (个体工商户) may owe (rule C6: 200,000 CNY).
     pub individual_borrower_cap: i64,
+    /// Days in the interest year of the bank's agreements (360 for ACT/360,
+    /// 365 for ACT/365): the all-in cost is annualised over 365 days.
+    pub day_count_basis: i32,
     pub funding_cost_bps: i32,
     pub operating_cost_bps: i32,
     pub lgd_bps: i32,
@@ -69,6 +72,7 @@ impl Policy {
             max_bullet_term_months: env_parse("COLEND_CREDIT_MAX_BULLET_TERM_MONTHS", 12)?,
             per_borrower_cap: env_parse("COLEND_CREDIT_PER_BORROWER_CAP_MINOR", 100_000_000)?,
             individual_borrower_cap: env_parse("COLEND_CREDIT_INDIVIDUAL_CAP_MINOR", 20_000_000)?,
+            day_count_basis: env_parse("COLEND_CREDIT_DAY_COUNT_BASIS", 360)?,
             funding_cost_bps: env_parse("COLEND_CREDIT_FUNDING_COST_BPS", 250)?,
             operating_cost_bps: env_parse("COLEND_CREDIT_OPERATING_COST_BPS", 150)?,
             lgd_bps: env_parse("COLEND_CREDIT_LGD_BPS", 4_500)?,
@@ -110,6 +114,9 @@ impl Policy {
                 "individual_borrower_cap",
                 "must be positive and at most per_borrower_cap",
             ));
+        }
+        if !matches!(self.day_count_basis, 360 | 365) {
+            p.push(("day_count_basis", "must be 360 or 365"));
         }
         if self.max_bullet_term_months <= 0 {
             p.push(("max_bullet_term_months", "must be positive"));
@@ -334,8 +341,11 @@ pub fn decide(i: &Input, p: &Policy) -> Outcome {
     let risk_bps = (pd_bps as i64 * p.lgd_bps as i64 / 10_000) as i32;
     let annual_rate_bps = p.funding_cost_bps + p.operating_cost_bps + risk_bps + p.margin_bps;
     // Interest and fees are both charged on the principal in use, so the
-    // all-in annualised rate is their sum (PBOC Announcement [2021] No. 3).
-    let all_in_apr_bps = annual_rate_bps + p.fee_bps;
+    // all-in annualised rate is their sum (PBOC Announcement [2021] No. 3),
+    // over a 365-day year: ACT/360 charges 365/360 of the nominal rate.
+    // Rounded up, so the cap is never understated.
+    let basis = p.day_count_basis.max(1) as i64;
+    let all_in_apr_bps = (((annual_rate_bps + p.fee_bps) as i64 * 365 + basis - 1) / basis) as i32;
     if all_in_apr_bps > p.apr_cap_bps {
         r(&mut reasons, "NOT_PRICEABLE_UNDER_CAP");
     }
@@ -400,7 +410,8 @@ mod tests {
             + o.pd_bps * p.lgd_bps / 10_000
             + p.margin_bps;
         assert_eq!(o.annual_rate_bps, expected);
-        assert_eq!(o.all_in_apr_bps, expected + p.fee_bps);
+        // ACT/360 over a 365-day year, rounded up.
+        assert_eq!(o.all_in_apr_bps, ((expected + p.fee_bps) * 365 + 359) / 360);
         assert!(o.all_in_apr_bps <= p.apr_cap_bps);
     }
 

@@ -46,6 +46,7 @@ fn to_pb(p: &Policy) -> pb::Policy {
         max_bullet_term_months: p.max_bullet_term_months,
         per_borrower_cap: money(p.per_borrower_cap),
         individual_borrower_cap: money(p.individual_borrower_cap),
+        day_count_basis: p.day_count_basis,
     }
 }
 
@@ -96,6 +97,7 @@ fn from_pb(p: &pb::Policy, v: &mut Violations) -> Policy {
             .as_ref()
             .map(|m| m.minor_units)
             .unwrap_or(0),
+        day_count_basis: p.day_count_basis,
         funding_cost_bps: p.funding_cost_bps,
         operating_cost_bps: p.operating_cost_bps,
         lgd_bps: p.lgd_bps,
