@@ -404,6 +404,42 @@ async fn expiry(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(m(&usage.partner_co_lent), 7_000_000);
+    // Rule P2: a new agreement version never changes a booked loan.
+    let before_edit = c
+        .get_loan(as_partner(
+            "p1",
+            pb::GetLoanRequest {
+                loan_id: loan.loan_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .loan
+        .unwrap();
+    c.upsert_agreement(as_bank(pb::UpsertAgreementRequest {
+        request_id: "a-v2".into(),
+        agreement: Some(agreement("p1", 4_000, 10_000_000)),
+    }))
+    .await
+    .unwrap();
+    let after_edit = c
+        .get_loan(as_partner(
+            "p1",
+            pb::GetLoanRequest {
+                loan_id: loan.loan_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .loan
+        .unwrap();
+    assert_eq!(
+        (after_edit.agreement_version, after_edit.partner_share_bps),
+        (before_edit.agreement_version, 3_000)
+    );
+    assert_eq!(after_edit.partner_amount, before_edit.partner_amount);
     // Rule C12 covers the credit-enhancement firm too.
     whitelist(&mut c, "p3").await;
     let mut a = agreement("p3", 3_000, 1_000_000_000);
