@@ -427,6 +427,30 @@ async fn insert_instalments(
     Ok(())
 }
 
+/// Posts an accrual for each funder: receivable against income.
+async fn post_accrual(
+    conn: &mut AnyConnection,
+    loan_id: &str,
+    currency: &str,
+    what: &str,
+    bank: i64,
+    partner: i64,
+) -> ApiResult<()> {
+    let (receivable, income) = (format!("{what}_RECEIVABLE"), format!("{what}_INCOME"));
+    post(
+        conn,
+        loan_id,
+        currency,
+        &[
+            ("BANK", &receivable, bank, 0),
+            ("BANK", &income, 0, bank),
+            ("PARTNER", &receivable, partner, 0),
+            ("PARTNER", &income, 0, partner),
+        ],
+    )
+    .await
+}
+
 /// Writes one balanced posting: per funder, debits equal credits.
 async fn post(
     conn: &mut AnyConnection,
@@ -1191,18 +1215,7 @@ impl Funding {
                         let total = l.accrued.penalty + add;
                         let partner = domain::partner_principal_part(total, split) - l.accrued.partner_penalty;
                         let bank = add - partner;
-                        post(
-                            tx,
-                            &loan_id,
-                            &c,
-                            &[
-                                ("BANK", "PENALTY_RECEIVABLE", bank, 0),
-                                ("BANK", "PENALTY_INCOME", 0, bank),
-                                ("PARTNER", "PENALTY_RECEIVABLE", partner, 0),
-                                ("PARTNER", "PENALTY_INCOME", 0, partner),
-                            ],
-                        )
-                        .await?;
+                        post_accrual(tx, &loan_id, &c, "PENALTY", bank, partner).await?;
                         l.accrued.penalty = total;
                         l.accrued.partner_penalty += partner;
                     }
@@ -1221,18 +1234,7 @@ impl Funding {
                     let total = l.accrued.interest + add;
                     let partner = domain::partner_interest_part(total, split, &l.terms) - l.accrued.partner_interest;
                     let bank = add - partner;
-                    post(
-                        tx,
-                        &loan_id,
-                        &c,
-                        &[
-                            ("BANK", "INTEREST_RECEIVABLE", bank, 0),
-                            ("BANK", "INTEREST_INCOME", 0, bank),
-                            ("PARTNER", "INTEREST_RECEIVABLE", partner, 0),
-                            ("PARTNER", "INTEREST_INCOME", 0, partner),
-                        ],
-                    )
-                    .await?;
+                    post_accrual(tx, &loan_id, &c, "INTEREST", bank, partner).await?;
                     l.accrued.interest = total;
                     l.accrued.partner_interest += partner;
                 }
@@ -1242,18 +1244,7 @@ impl Funding {
                     let total = l.accrued.fee + add_fee;
                     let partner = domain::partner_fee_part(total, &l.terms) - l.accrued.partner_fee;
                     let bank = add_fee - partner;
-                    post(
-                        tx,
-                        &loan_id,
-                        &c,
-                        &[
-                            ("BANK", "FEE_RECEIVABLE", bank, 0),
-                            ("BANK", "FEE_INCOME", 0, bank),
-                            ("PARTNER", "FEE_RECEIVABLE", partner, 0),
-                            ("PARTNER", "FEE_INCOME", 0, partner),
-                        ],
-                    )
-                    .await?;
+                    post_accrual(tx, &loan_id, &c, "FEE", bank, partner).await?;
                     l.accrued.fee = total;
                     l.accrued.partner_fee += partner;
                 }
