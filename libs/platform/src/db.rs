@@ -31,6 +31,34 @@ impl Db {
         service: &str,
         migrator: &Migrator,
     ) -> anyhow::Result<Db> {
+        let db = Self::open(backends, service).await?;
+        // With a migration Job (Kubernetes) the pods start with this off.
+        if crate::config::env_parse("COLEND_MIGRATE_ON_START", true)? {
+            db.run_migrations(service, migrator).await?;
+        }
+        Ok(db)
+    }
+
+    /// Runs the service's migrations and returns: what a migration Job runs.
+    pub async fn migrate(
+        backends: &Backends,
+        service: &str,
+        migrator: &Migrator,
+    ) -> anyhow::Result<()> {
+        let db = Self::open(backends, service).await?;
+        db.run_migrations(service, migrator).await?;
+        db.pool.close().await;
+        Ok(())
+    }
+
+    async fn run_migrations(&self, service: &str, migrator: &Migrator) -> anyhow::Result<()> {
+        migrator
+            .run(&self.pool)
+            .await
+            .with_context(|| format!("running {service} migrations"))
+    }
+
+    async fn open(backends: &Backends, service: &str) -> anyhow::Result<Db> {
         sqlx::any::install_default_drivers();
         let schema = service.to_string();
         anyhow::ensure!(
@@ -47,10 +75,6 @@ impl Db {
             ),
             None => Self::connect_sqlite(&backends.data_dir, &schema).await?,
         };
-        migrator
-            .run(&db.pool)
-            .await
-            .with_context(|| format!("running {service} migrations"))?;
         Ok(db)
     }
 

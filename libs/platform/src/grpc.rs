@@ -10,11 +10,11 @@ use tonic_health::server::HealthReporter;
 pub type ServiceNames = Vec<&'static str>;
 
 /// Serves `routes` plus grpc.health.v1 and server reflection (v1 and
-/// v1alpha) on `listener` until `shutdown` resolves; then reports
+/// v1alpha) on `listener` (and health alone on `health_listener`) until `shutdown` resolves; then reports
 /// NOT_SERVING, stops accepting, and waits at most `grace` for calls in
 /// flight.
 pub async fn serve(
-    listener: TcpListener,
+    (listener, health_listener): (TcpListener, Option<TcpListener>),
     mut routes: RoutesBuilder,
     health: HealthReporter,
     health_service: tonic_health::pb::health_server::HealthServer<
@@ -24,6 +24,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> anyhow::Result<()> {
+    // Health alone on a plain port of its own, for Kubernetes gRPC probes
+    // (which cannot speak TLS); it stops after the main port has drained.
+    let (health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
+    let health_task = health_listener.map(|l| {
+        let svc = health_service.clone();
+        tokio::spawn(
+            Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(l),
+                    async {
+                        health_stopped.await.ok();
+                    },
+                ),
+        )
+    });
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(colend_contracts::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -69,7 +85,7 @@ pub async fn serve(
             .await;
     }
     stop_tx.send(()).ok();
-    match tokio::time::timeout(grace, &mut server).await {
+    let drained = match tokio::time::timeout(grace, &mut server).await {
         Ok(r) => r.map_err(anyhow::Error::from)?.map_err(anyhow::Error::from),
         Err(_) => {
             tracing::warn!(
@@ -79,7 +95,12 @@ pub async fn serve(
             server.abort();
             Ok(())
         }
+    };
+    health_stop.send(()).ok();
+    if let Some(t) = health_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
     }
+    drained
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -30,7 +30,18 @@ pub fn grace() -> anyhow::Result<Duration> {
     )?))
 }
 
-/// Serves the registered services, health and reflection on `listener`.
+/// The plain health port, when `COLEND_HEALTH_LISTEN` is set.
+pub async fn health_listener() -> anyhow::Result<Option<TcpListener>> {
+    match crate::config::env_opt("COLEND_HEALTH_LISTEN") {
+        None => Ok(None),
+        Some(addr) => Ok(Some(TcpListener::bind(&addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {addr} (COLEND_HEALTH_LISTEN): {e}")
+        })?)),
+    }
+}
+
+/// Serves the registered services, health and reflection on `listener`
+/// (and health alone on the `COLEND_HEALTH_LISTEN` port when it is set).
 pub async fn serve_registered(
     listener: TcpListener,
     services: Vec<Registered>,
@@ -44,7 +55,7 @@ pub async fn serve_registered(
         (s.add)(&mut routes);
     }
     crate::grpc::serve(
-        listener,
+        (listener, health_listener().await?),
         routes,
         reporter,
         health_service,

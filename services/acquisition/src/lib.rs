@@ -14,6 +14,11 @@ pub const SERVICE: &str = "colend.acquisition.v1.AcquisitionService";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Runs this service's migrations (a Kubernetes migration Job).
+pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Result<()> {
+    colend_platform::Db::migrate(backends, "acquisition", &MIGRATOR).await
+}
+
 /// Connects storage, resumes unfinished journeys, and returns the service.
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "acquisition", &MIGRATOR).await?;

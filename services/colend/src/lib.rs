@@ -61,6 +61,30 @@ pub async fn health(endpoint: &str, services: Vec<String>, wait_secs: u64) -> an
     }
 }
 
+/// Runs one service's migrations (or all five for "all") and returns.
+pub async fn migrate(name: &str, backends: &Backends) -> anyhow::Result<()> {
+    let names: Vec<&str> = if name == "all" {
+        SERVICES.to_vec()
+    } else {
+        vec![name]
+    };
+    for n in names {
+        match n {
+            "acquisition" => colend_acquisition::migrate(backends).await?,
+            "kyc" => colend_kyc::migrate(backends).await?,
+            "credit" => colend_credit::migrate(backends).await?,
+            "funding" => colend_funding::migrate(backends).await?,
+            "reconciliation" => colend_reconciliation::migrate(backends).await?,
+            other => anyhow::bail!(
+                "unknown service {other:?}; one of {} or all",
+                SERVICES.join(", ")
+            ),
+        }
+        tracing::info!(service = n, "migrations applied");
+    }
+    Ok(())
+}
+
 /// The five services by the names `colend serve` takes.
 pub const SERVICES: [&str; 5] = ["acquisition", "kyc", "credit", "funding", "reconciliation"];
 

@@ -37,6 +37,14 @@ enum Command {
         #[arg(long, env = "COLEND_DATA_DIR", default_value = "./colend-data")]
         data_dir: PathBuf,
     },
+    /// Runs a service's database migrations and exits (a Kubernetes migration
+    /// Job; the pods then run with COLEND_MIGRATE_ON_START=false).
+    Migrate {
+        /// acquisition, kyc, credit, funding, reconciliation, or all.
+        service: String,
+        #[arg(long, env = "COLEND_DATA_DIR", default_value = "./colend-data")]
+        data_dir: PathBuf,
+    },
     /// Asks grpc.health.v1 whether services answer SERVING; exits non-zero if not.
     Health {
         /// Address to ask.
@@ -105,6 +113,12 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Demo(args) => colend::demo::run(args).await,
+        Command::Migrate { service, data_dir } => {
+            let _t = colend_platform::telemetry::init("colend-migrate");
+            let mut backends = Backends::from_env();
+            backends.data_dir = data_dir;
+            colend::migrate(&service, &backends).await
+        }
         Command::Health {
             endpoint,
             service,

@@ -13,6 +13,11 @@ pub const SERVICE: &str = "colend.credit.v1.CreditService";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Runs this service's migrations (a Kubernetes migration Job).
+pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Result<()> {
+    colend_platform::Db::migrate(backends, "credit", &MIGRATOR).await
+}
+
 /// Connects storage, runs migrations, publishes the configured default
 /// policy when none exists, and returns the service ready to serve.
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {

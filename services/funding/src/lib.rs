@@ -13,6 +13,11 @@ pub const SERVICE: &str = "colend.funding.v1.FundingService";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Runs this service's migrations (a Kubernetes migration Job).
+pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Result<()> {
+    colend_platform::Db::migrate(backends, "funding", &MIGRATOR).await
+}
+
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     register_with(mesh, app::Settings::from_env()?).await
 }

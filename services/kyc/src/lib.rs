@@ -13,6 +13,11 @@ pub const SERVICE: &str = "colend.kyc.v1.KycService";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Runs this service's migrations (a Kubernetes migration Job).
+pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Result<()> {
+    colend_platform::Db::migrate(backends, "kyc", &MIGRATOR).await
+}
+
 /// Connects storage, runs migrations, and returns the service ready to serve.
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "kyc", &MIGRATOR).await?;

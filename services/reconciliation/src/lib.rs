@@ -11,6 +11,11 @@ pub const SERVICE: &str = "colend.reconciliation.v1.ReconciliationService";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Runs this service's migrations (a Kubernetes migration Job).
+pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Result<()> {
+    colend_platform::Db::migrate(backends, "reconciliation", &MIGRATOR).await
+}
+
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "reconciliation", &MIGRATOR).await?;
     let server = grpc::server(app::Reconciliation::new(db));
