@@ -203,3 +203,36 @@ pub const TABLE_DDL: &str = "CREATE TABLE idempotency_keys (
     created_at BIGINT NOT NULL,
     PRIMARY KEY (scope, request_id)
 )";
+
+/// Deletes keys older than the retention (`COLEND_IDEMPOTENCY_RETENTION_HOURS`,
+/// default 24) every hour in the background. A request id older than that
+/// is treated as new.
+pub fn spawn_retention(db: &Db) -> anyhow::Result<()> {
+    let hours: i64 = crate::config::env_parse("COLEND_IDEMPOTENCY_RETENTION_HOURS", 24)?;
+    anyhow::ensure!(
+        hours > 0,
+        "COLEND_IDEMPOTENCY_RETENTION_HOURS must be positive"
+    );
+    let db = db.clone();
+    tokio::spawn(async move {
+        loop {
+            let cutoff = crate::time::now_millis() - hours * 3_600_000;
+            match sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                .bind(cutoff)
+                .execute(&db.pool)
+                .await
+            {
+                Ok(r) if r.rows_affected() > 0 => {
+                    tracing::info!(
+                        deleted = r.rows_affected(),
+                        "expired idempotency keys removed"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "removing expired idempotency keys failed"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(3_600)).await;
+        }
+    });
+    Ok(())
+}

@@ -22,6 +22,7 @@ pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Re
 /// Connects storage, resumes unfinished journeys, and returns the service.
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "acquisition", &MIGRATOR).await?;
+    colend_platform::idempotency::spawn_retention(&db)?;
     let journey = journey::Journey::new(db.clone(), &mesh)?;
     let app = app::Acquisition::new(db, mesh.blind_key.clone(), journey.clone());
     journey.resume_unfinished();

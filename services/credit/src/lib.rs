@@ -22,6 +22,7 @@ pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Re
 /// policy when none exists, and returns the service ready to serve.
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "credit", &MIGRATOR).await?;
+    colend_platform::idempotency::spawn_retention(&db)?;
     let app = app::Credit::new(db, mesh.cache.clone());
     app.ensure_policy(domain::Policy::from_env()?).await?;
     let server = grpc::server(app);

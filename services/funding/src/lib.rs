@@ -25,6 +25,7 @@ pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
 /// `register` with the settings given rather than read from the environment.
 pub async fn register_with(mesh: Mesh, settings: app::Settings) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "funding", &MIGRATOR).await?;
+    colend_platform::idempotency::spawn_retention(&db)?;
     let acquisition = colend_platform::grpc::channel(&mesh.endpoints.acquisition)?;
     let app = app::Funding::new(
         db,

@@ -21,6 +21,7 @@ pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Re
 /// Connects storage, runs migrations, and returns the service ready to serve.
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "kyc", &MIGRATOR).await?;
+    colend_platform::idempotency::spawn_retention(&db)?;
     let app = app::Kyc::new(
         db,
         mesh.cache.clone(),

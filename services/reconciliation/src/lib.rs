@@ -18,6 +18,7 @@ pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Re
 
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "reconciliation", &MIGRATOR).await?;
+    colend_platform::idempotency::spawn_retention(&db)?;
     let server = grpc::server(app::Reconciliation::new(db));
     Ok(Registered::new(SERVICE, move |routes| {
         routes.add_service(server);
