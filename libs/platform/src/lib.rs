@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod mesh;
 pub mod paging;
 pub mod runner;
+pub mod sealing;
 pub mod telemetry;
 pub mod time;
 

@@ -49,6 +49,8 @@ pub struct Mesh {
     pub blind_key: BlindIndexKey,
     /// Deadline of each call to another service (`COLEND_CALL_TIMEOUT_MS`, default 5000).
     pub call_timeout: Duration,
+    /// Encryption of personal data at rest (`COLEND_PII_KEYS`, `COLEND_PII_KEY_ID`).
+    pub sealer: crate::sealing::Sealer,
 }
 
 /// Development key, used only when `COLEND_BLIND_INDEX_KEY` is unset.
@@ -67,6 +69,7 @@ impl Mesh {
             endpoints,
             blind_key: BlindIndexKey::new(key.as_bytes()),
             call_timeout: Duration::from_millis(env_parse("COLEND_CALL_TIMEOUT_MS", 5000u64)?),
+            sealer: crate::sealing::Sealer::from_env()?,
         })
     }
 }

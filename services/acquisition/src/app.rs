@@ -4,6 +4,7 @@ use crate::journey::Journey;
 use colend_contracts::acquisition::v1 as pb;
 use colend_contracts::common::v1::Money;
 use colend_core::BlindIndexKey;
+use colend_platform::sealing::Sealer;
 use colend_platform::time::{millis_of, now_millis, timestamp};
 use colend_platform::{ApiError, ApiResult, Db, idempotency};
 use prost::Message;
@@ -132,12 +133,21 @@ pub async fn release_borrower(conn: &mut AnyConnection, application_id: &str) ->
 pub struct Acquisition {
     db: Db,
     key: BlindIndexKey,
+    sealer: Sealer,
     journey: Journey,
 }
 
+/// Context bound to the sealed submission (personal data inside).
+pub const REQUEST_BODY: &str = "acquisition.applications.request_body";
+
 impl Acquisition {
-    pub fn new(db: Db, key: BlindIndexKey, journey: Journey) -> Self {
-        Acquisition { db, key, journey }
+    pub fn new(db: Db, key: BlindIndexKey, sealer: Sealer, journey: Journey) -> Self {
+        Acquisition {
+            db,
+            key,
+            sealer,
+            journey,
+        }
     }
 
     pub fn journey(&self) -> &Journey {
@@ -159,6 +169,11 @@ impl Acquisition {
             .map_err(|e| ApiError::field("business.credit_code", &e.to_string()))?;
         let person_key = self.key.index("person", &[resident.expose()]);
         let business_key = self.key.index("business", &[credit_code.as_str()]);
+        // The submission holds personal data: it is stored sealed.
+        let sealed_body = self
+            .sealer
+            .seal(REQUEST_BODY, &r.encode_to_vec())
+            .map_err(ApiError::Internal)?;
         let scope = format!("SubmitApplication:{partner_id}");
         let request_id = r.request_id.clone();
         let app = idempotency::run(&self.db, scope, request_id, hash, move |tx| {
@@ -206,7 +221,7 @@ impl Acquisition {
                 .bind(r.term_months as i64)
                 .bind(r.purpose as i64)
                 .bind(r.repayment_method as i64)
-                .bind(hex::encode(r.encode_to_vec()))
+                .bind(&sealed_body)
                 .bind(consent.scopes.join(","))
                 .bind(&consent.channel)
                 .bind(&consent.text_version)

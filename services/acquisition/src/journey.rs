@@ -32,6 +32,7 @@ pub struct Journey {
     funding: FundingServiceClient<Channel>,
     timeout: Duration,
     changes: broadcast::Sender<String>,
+    sealer: colend_platform::sealing::Sealer,
 }
 
 /// What a step decided.
@@ -52,6 +53,7 @@ impl Journey {
             funding: FundingServiceClient::new(channel(&mesh.endpoints.funding)?),
             timeout: mesh.call_timeout,
             changes,
+            sealer: mesh.sealer.clone(),
         })
     }
 
@@ -116,10 +118,12 @@ impl Journey {
             if !status.is_in_progress() {
                 return Ok(());
             }
-            let req = pb::SubmitApplicationRequest::decode(
-                hex::decode(&body).map_err(ApiError::internal)?.as_slice(),
-            )
-            .map_err(ApiError::internal)?;
+            let plain = self
+                .sealer
+                .open(crate::app::REQUEST_BODY, &body)
+                .map_err(ApiError::Internal)?;
+            let req = pb::SubmitApplicationRequest::decode(plain.as_slice())
+                .map_err(ApiError::internal)?;
             let step = match status {
                 Status::Submitted => {
                     self.with_retries(|| self.step_kyc(application_id, &partner, &req))

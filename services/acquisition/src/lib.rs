@@ -24,7 +24,12 @@ pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "acquisition", &MIGRATOR).await?;
     colend_platform::idempotency::spawn_retention(&db)?;
     let journey = journey::Journey::new(db.clone(), &mesh)?;
-    let app = app::Acquisition::new(db, mesh.blind_key.clone(), journey.clone());
+    let app = app::Acquisition::new(
+        db,
+        mesh.blind_key.clone(),
+        mesh.sealer.clone(),
+        journey.clone(),
+    );
     journey.resume_unfinished();
     let server = grpc::server(app);
     Ok(Registered::new(SERVICE, move |routes| {

@@ -212,6 +212,40 @@ async fn scenario(backend: Backend) {
         .unwrap_err();
     assert_eq!(reason(&e), "IDEMPOTENCY_KEY_REUSED");
 
+    // Personal data is sealed at rest: the stored submission holds no resident ID or phone in clear.
+    {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let (url, table) = match &s.backends.database_url {
+            Some(u) => (u.clone(), "acquisition.applications"),
+            None => (
+                format!("sqlite://{}/acquisition.db", s.backends.data_dir.display()),
+                "applications",
+            ),
+        };
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT request_body, masked_resident_id FROM {table}"
+        ))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let id = sub
+            .legal_representative
+            .as_ref()
+            .unwrap()
+            .resident_id
+            .clone();
+        for (body, masked) in rows {
+            assert!(body.starts_with("v1."), "sealed");
+            assert!(
+                !body.contains(&id)
+                    && !body.contains(&hex_of(&id))
+                    && !body.contains("13912345678")
+            );
+            assert!(!masked.contains(&id[4..14]));
+        }
+    }
     let done = watch_until_settled(&mut c, "p1", &app.application_id).await;
     assert_eq!(
         done.status,
@@ -388,4 +422,8 @@ async fn acquisition_api_embedded() {
 #[tokio::test]
 async fn acquisition_api_postgres_redis() {
     scenario(BOTH[1]).await;
+}
+
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
 }
