@@ -320,6 +320,8 @@ async fn one(
     // bank must decline the second loan on the limit.
     let mut repeat = None;
     if b.plant == Plant::AtBorrowerCap {
+        // Only once the partner sees the loan disbursed is the borrower free to apply again.
+        wait_for(&c, &app.application_id, &["DISBURSED", "REPAYING"]).await;
         let again = acqc
             .submit_application(request(
                 submission(&c, i, &b, "-repeat"),
@@ -416,25 +418,7 @@ async fn one(
         });
     }
     // The application's history catches up with the loan events.
-    let mut final_status = status;
-    for _ in 0..100 {
-        if let Ok(r) = acqc
-            .get_application(request(
-                acq::GetApplicationRequest {
-                    application_id: app.application_id.clone(),
-                },
-                CALL,
-                Some(&c.partner),
-            ))
-            .await
-        {
-            final_status = status_name(r.into_inner().application.unwrap_or_default().status);
-            if final_status == "REPAYING" {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let final_status = wait_for(&c, &app.application_id, &["REPAYING"]).await;
     Outcome::Funded {
         status: final_status,
         principal: minor(&loan.principal),
@@ -446,6 +430,32 @@ async fn one(
         repeat,
         apr_bps,
     }
+}
+
+/// Polls the application until it reaches one of `statuses` (for at most
+/// 10 s); returns the last status seen.
+async fn wait_for(c: &Clients, application_id: &str, statuses: &[&str]) -> String {
+    let mut acqc = c.acquisition.clone();
+    let mut last = String::new();
+    for _ in 0..200 {
+        if let Ok(r) = acqc
+            .get_application(request(
+                acq::GetApplicationRequest {
+                    application_id: application_id.to_string(),
+                },
+                CALL,
+                Some(&c.partner),
+            ))
+            .await
+        {
+            last = status_name(r.into_inner().application.unwrap_or_default().status);
+            if statuses.contains(&last.as_str()) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
 }
 
 /// Follows an application until funds are reserved or it ends.

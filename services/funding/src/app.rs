@@ -14,6 +14,7 @@ use colend_platform::{ApiError, ApiResult, Cache, Db, idempotency};
 use prost::Message;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -69,6 +70,7 @@ pub struct Funding {
     acquisition: AcquisitionServiceClient<Channel>,
     call_timeout: Duration,
     settings: Settings,
+    outbox_ready: Arc<tokio::sync::Notify>,
 }
 
 const LOAN_COLS: &str = "loan_id, application_id, partner_id, status, currency, principal, bank_amount, \
@@ -547,6 +549,38 @@ async fn release_bank_exposure(
     Ok(())
 }
 
+/// A loan event for acquisition.
+fn loan_event(
+    loan: &LoanRow,
+    event_id: String,
+    status: acq::ApplicationStatus,
+    detail: String,
+    reasons: &[&str],
+) -> acq::RecordLoanEventRequest {
+    acq::RecordLoanEventRequest {
+        request_id: event_id,
+        application_id: loan.application_id.clone(),
+        partner_id: loan.partner_id.clone(),
+        status: status as i32,
+        detail,
+        reason_codes: reasons.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+/// Writes an event to the outbox, in the caller's transaction.
+async fn enqueue(conn: &mut AnyConnection, event: &acq::RecordLoanEventRequest) -> ApiResult<()> {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, payload, created_at, sent_at, attempts) VALUES ($1, $2, $3, 0, 0) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&event.request_id)
+    .bind(hex::encode(event.encode_to_vec()))
+    .bind(now_millis())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 impl Funding {
     pub fn new(
         db: Db,
@@ -561,6 +595,7 @@ impl Funding {
             acquisition: AcquisitionServiceClient::new(acquisition),
             call_timeout,
             settings,
+            outbox_ready: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -901,7 +936,6 @@ impl Funding {
         loan_id: String,
         reason: String,
     ) -> ApiResult<pb::Loan> {
-        let why = reason.clone();
         let loan = idempotency::run(
             &self.db,
             "ReleaseFunding".into(),
@@ -910,17 +944,21 @@ impl Funding {
             move |tx| {
                 Box::pin(async move {
                     let l = void_reserved(tx, &loan_id).await?;
+                    let event = loan_event(
+                        &l,
+                        format!("void:{loan_id}"),
+                        acq::ApplicationStatus::FundingRejected,
+                        format!("funding reservation released: {reason}"),
+                        &["RESERVATION_RELEASED"],
+                    );
+                    enqueue(tx, &event).await?;
                     tracing::info!(loan_id = %loan_id, reason = %reason, "reservation released");
                     Ok(loan_pb(&l, &[], Vec::new()))
                 })
             },
         )
         .await?;
-        self.notify_void(
-            &loan,
-            "RESERVATION_RELEASED",
-            format!("funding reservation released: {why}"),
-        );
+        self.outbox_ready.notify_one();
         Ok(loan)
     }
 
@@ -939,6 +977,14 @@ impl Funding {
                 let mut tx = db.pool.begin().await?;
                 match void_reserved(&mut tx, &loan_id).await {
                     Ok(l) => {
+                        let event = loan_event(
+                            &l,
+                            format!("void:{loan_id}"),
+                            acq::ApplicationStatus::FundingRejected,
+                            "funding reservation expired before disbursement".into(),
+                            &["RESERVATION_EXPIRED"],
+                        );
+                        enqueue(&mut tx, &event).await?;
                         tx.commit().await?;
                         Ok(Some(l))
                     }
@@ -948,14 +994,9 @@ impl Funding {
             })
             .await
             .map_err(|e| ApiError::internal(anyhow::anyhow!("sweep task failed: {e}")))??;
-            if let Some(l) = voided {
+            if voided.is_some() {
                 n += 1;
-                let loan = loan_pb(&l, &[], Vec::new());
-                self.notify_void(
-                    &loan,
-                    "RESERVATION_EXPIRED",
-                    "funding reservation expired before disbursement".into(),
-                );
+                self.outbox_ready.notify_one();
             }
         }
         if n > 0 {
@@ -975,17 +1016,6 @@ impl Funding {
                 }
             }
         });
-    }
-
-    /// Tells acquisition that a reservation was voided.
-    fn notify_void(&self, loan: &pb::Loan, code: &str, detail: String) {
-        self.notify_with(
-            format!("void:{}", loan.loan_id),
-            loan,
-            acq::ApplicationStatus::FundingRejected,
-            detail,
-            vec![code.to_string()],
-        );
     }
 
     /// Sets the bank's reference data.
@@ -1158,6 +1188,14 @@ impl Funding {
                     ],
                 )
                 .await?;
+                let event = loan_event(
+                    &l,
+                    format!("disbursed:{loan_id}"),
+                    acq::ApplicationStatus::Disbursed,
+                    format!("disbursed on {}", l.disbursed_on),
+                    &[],
+                );
+                enqueue(tx, &event).await?;
                 let states: Vec<InstalmentState> = sched
                     .into_iter()
                     .map(InstalmentState::new)
@@ -1166,12 +1204,7 @@ impl Funding {
             })
         })
         .await?;
-        self.notify(
-            format!("disbursed:{}", loan.loan_id),
-            &loan,
-            acq::ApplicationStatus::Disbursed,
-            format!("disbursed on {}", loan.disbursed_on),
-        );
+        self.outbox_ready.notify_one();
         Ok(loan)
     }
 
@@ -1381,6 +1414,18 @@ impl Funding {
                 .await?;
                 l.status = status.into();
                 l.paid = a.after;
+                let event = loan_event(
+                    &l,
+                    format!("repaid:{}", repayment.repayment_id),
+                    acq::ApplicationStatus::Repaying,
+                    format!(
+                        "repayment of {} booked on {}",
+                        colend_core::money::format_minor(amount.minor_units),
+                        repayment.value_date
+                    ),
+                    &[],
+                );
+                enqueue(tx, &event).await?;
                 // Includes the repayment just stored.
                 let all = load_repayments(tx, &loan_id).await?;
                 let (current, _) = load_schedule(tx, &loan_id).await?;
@@ -1388,67 +1433,67 @@ impl Funding {
             })
         })
         .await?;
-        if let (Some(rep), Some(loan)) = (&resp.repayment, &resp.loan) {
-            self.notify(
-                format!("repaid:{}", rep.repayment_id),
-                loan,
-                acq::ApplicationStatus::Repaying,
-                format!(
-                    "repayment of {} booked on {}",
-                    colend_core::money::format_minor(
-                        rep.amount.as_ref().map(|m| m.minor_units).unwrap_or(0)
-                    ),
-                    rep.value_date
-                ),
-            );
-        }
+        self.outbox_ready.notify_one();
         Ok(resp)
     }
 
-    /// Tells acquisition about a loan event, retrying in the background.
-    fn notify(
-        &self,
-        event_id: String,
-        loan: &pb::Loan,
-        status: acq::ApplicationStatus,
-        detail: String,
-    ) {
-        self.notify_with(event_id, loan, status, detail, Vec::new());
-    }
-
-    fn notify_with(
-        &self,
-        event_id: String,
-        loan: &pb::Loan,
-        status: acq::ApplicationStatus,
-        detail: String,
-        reason_codes: Vec<String>,
-    ) {
-        let mut client = self.acquisition.clone();
-        let timeout = self.call_timeout;
-        let msg = acq::RecordLoanEventRequest {
-            request_id: event_id,
-            application_id: loan.application_id.clone(),
-            partner_id: loan.partner_id.clone(),
-            status: status as i32,
-            detail,
-            reason_codes,
-        };
-        let partner = loan.partner_id.clone();
+    /// Relays the outbox to acquisition in the background, in order, at
+    /// least once; woken right after a commit, and every second anyway.
+    pub fn spawn_relay(&self) {
+        let this = self.clone();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            for attempt in 1..=8 {
-                let req = colend_platform::grpc::request(msg.clone(), timeout, Some(&partner));
-                match client.record_loan_event(req).await {
-                    Ok(_) => return,
-                    Err(s) => {
-                        tracing::warn!(attempt, code = ?s.code(), "recording a loan event in acquisition failed");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
+            loop {
+                match this.relay_once().await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "relaying loan events failed"),
                 }
+                let _ = tokio::time::timeout(Duration::from_secs(1), this.outbox_ready.notified())
+                    .await;
             }
         });
+    }
+
+    /// Sends pending events oldest first; stops at the first failure so order
+    /// is kept. Returns true when a full batch went out (more may wait).
+    async fn relay_once(&self) -> ApiResult<bool> {
+        let pending: Vec<(String, String)> = sqlx::query_as(
+            "SELECT event_id, payload FROM outbox WHERE sent_at = 0 ORDER BY created_at, event_id LIMIT 100",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        let full = pending.len() == 100;
+        for (event_id, payload) in pending {
+            let msg = hex::decode(&payload)
+                .ok()
+                .and_then(|b| acq::RecordLoanEventRequest::decode(b.as_slice()).ok())
+                .ok_or_else(|| {
+                    ApiError::internal(anyhow::anyhow!("bad outbox payload {event_id}"))
+                })?;
+            let req = colend_platform::grpc::request(
+                msg.clone(),
+                self.call_timeout,
+                Some(&msg.partner_id),
+            );
+            match self.acquisition.clone().record_loan_event(req).await {
+                Ok(_) => {
+                    sqlx::query("UPDATE outbox SET sent_at = $1 WHERE event_id = $2")
+                        .bind(now_millis())
+                        .bind(&event_id)
+                        .execute(&self.db.pool)
+                        .await?;
+                }
+                Err(s) => {
+                    sqlx::query("UPDATE outbox SET attempts = attempts + 1 WHERE event_id = $1")
+                        .bind(&event_id)
+                        .execute(&self.db.pool)
+                        .await?;
+                    tracing::warn!(event_id, code = ?s.code(), "acquisition did not take a loan event; will retry");
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(full)
     }
 
     /// A loan of the calling partner, with schedule and repayments.

@@ -35,6 +35,7 @@ pub async fn register_with(mesh: Mesh, settings: app::Settings) -> anyhow::Resul
         settings,
     );
     app.spawn_sweeper();
+    app.spawn_relay();
     let server = grpc::server(app);
     Ok(Registered::new(SERVICE, move |routes| {
         routes.add_service(server);
