@@ -1454,15 +1454,18 @@ impl Funding {
         });
     }
 
-    /// Sends pending events oldest first; stops at the first failure so order
-    /// is kept. Returns true when a full batch went out (more may wait).
+    /// Sends pending events: in order for each application, applications in
+    /// parallel; an application whose event fails waits for the next round
+    /// without holding up the others. Returns true when a full batch went out.
     async fn relay_once(&self) -> ApiResult<bool> {
         let pending: Vec<(String, String)> = sqlx::query_as(
-            "SELECT event_id, payload FROM outbox WHERE sent_at = 0 ORDER BY created_at, event_id LIMIT 100",
+            "SELECT event_id, payload FROM outbox WHERE sent_at = 0 ORDER BY created_at, event_id LIMIT 500",
         )
         .fetch_all(&self.db.pool)
         .await?;
-        let full = pending.len() == 100;
+        let full = pending.len() == 500;
+        let mut by_application: Vec<(String, Vec<(String, acq::RecordLoanEventRequest)>)> =
+            Vec::new();
         for (event_id, payload) in pending {
             let msg = hex::decode(&payload)
                 .ok()
@@ -1470,28 +1473,49 @@ impl Funding {
                 .ok_or_else(|| {
                     ApiError::internal(anyhow::anyhow!("bad outbox payload {event_id}"))
                 })?;
-            let req = colend_platform::grpc::request(
-                msg.clone(),
-                self.call_timeout,
-                Some(&msg.partner_id),
-            );
-            match self.acquisition.clone().record_loan_event(req).await {
-                Ok(_) => {
-                    sqlx::query("UPDATE outbox SET sent_at = $1 WHERE event_id = $2")
-                        .bind(now_millis())
-                        .bind(&event_id)
-                        .execute(&self.db.pool)
-                        .await?;
-                }
-                Err(s) => {
-                    sqlx::query("UPDATE outbox SET attempts = attempts + 1 WHERE event_id = $1")
-                        .bind(&event_id)
-                        .execute(&self.db.pool)
-                        .await?;
-                    tracing::warn!(event_id, code = ?s.code(), "acquisition did not take a loan event; will retry");
-                    return Ok(false);
-                }
+            match by_application
+                .iter_mut()
+                .find(|(app, _)| *app == msg.application_id)
+            {
+                Some((_, events)) => events.push((event_id, msg)),
+                None => by_application.push((msg.application_id.clone(), vec![(event_id, msg)])),
             }
+        }
+        let sends = by_application.into_iter().map(|(_, events)| {
+            let mut client = self.acquisition.clone();
+            let timeout = self.call_timeout;
+            async move {
+                let mut sent = Vec::new();
+                for (event_id, msg) in events {
+                    let req = colend_platform::grpc::request(msg.clone(), timeout, Some(&msg.partner_id));
+                    match client.record_loan_event(req).await {
+                        Ok(_) => sent.push(Ok(event_id)),
+                        Err(s) => {
+                            tracing::warn!(event_id, code = ?s.code(), "acquisition did not take a loan event; will retry");
+                            sent.push(Err(event_id));
+                            break;
+                        }
+                    }
+                }
+                sent
+            }
+        });
+        for result in futures::future::join_all(sends).await.into_iter().flatten() {
+            let (sql, id) = match result {
+                Ok(id) => (
+                    "UPDATE outbox SET sent_at = $1, attempts = attempts + 1 WHERE event_id = $2",
+                    id,
+                ),
+                Err(id) => (
+                    "UPDATE outbox SET attempts = attempts + 1 WHERE event_id = $2 AND $1 >= 0",
+                    id,
+                ),
+            };
+            sqlx::query(sql)
+                .bind(now_millis())
+                .bind(&id)
+                .execute(&self.db.pool)
+                .await?;
         }
         Ok(full)
     }
