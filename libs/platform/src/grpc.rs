@@ -65,6 +65,7 @@ pub async fn serve(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut server = tokio::spawn(
         Server::builder()
+            .layer(crate::metrics::RpcMetricsLayer)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_routes(routes.routes())

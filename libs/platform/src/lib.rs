@@ -13,6 +13,7 @@ pub mod error;
 pub mod grpc;
 pub mod idempotency;
 pub mod mesh;
+pub mod metrics;
 pub mod paging;
 pub mod runner;
 pub mod sealing;

@@ -96,6 +96,7 @@ where
     Fut: Future<Output = anyhow::Result<Registered>>,
 {
     let _telemetry = crate::telemetry::init(service);
+    crate::metrics::install_from_env()?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;

@@ -237,6 +237,7 @@ impl Acquisition {
         })
         .await?;
         if app.status == pb::ApplicationStatus::Submitted as i32 {
+            metrics::counter!("colend_applications_total", "status" => "SUBMITTED").increment(1);
             self.journey.start(app.application_id.clone());
         }
         Ok(app)
@@ -340,6 +341,7 @@ impl Acquisition {
             })
         })
         .await?;
+        metrics::counter!("colend_applications_total", "status" => event.name()).increment(1);
         self.journey.notify(&app_id);
         Ok(app)
     }

@@ -436,6 +436,7 @@ impl Journey {
     /// Commits a step: status, columns and event in one transaction, only if
     /// the application is still in `from`. Returns false when it was not.
     async fn transition(&self, id: &str, from: Status, r: StepResult) -> ApiResult<bool> {
+        let to = r.to;
         let db = self.db.clone();
         let id_owned = id.to_string();
         // Spawned: a cancelled caller cannot leave the transaction half-done.
@@ -476,6 +477,7 @@ impl Journey {
         .await
         .map_err(|e| ApiError::internal(anyhow::anyhow!("transition task failed: {e}")))??;
         if done {
+            metrics::counter!("colend_applications_total", "status" => to.name()).increment(1);
             self.notify(id);
         }
         Ok(done)

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up { listen, data_dir } => {
             let _t = colend_platform::telemetry::init("colend");
+            colend_platform::metrics::install_from_env()?;
             let mut backends = Backends::from_env();
             backends.data_dir = data_dir;
             let listener = tokio::net::TcpListener::bind(&listen)

@@ -19,6 +19,8 @@ async fn five_processes_on_postgres_and_redis() {
     let redis_url = colend_testkit::require_redis().await;
     let prefix = format!("colend-test-{}:", std::process::id());
     let ports: HashMap<&str, u16> = colend::SERVICES.iter().map(|s| (*s, free_port())).collect();
+    let metrics_ports: HashMap<&str, u16> =
+        colend::SERVICES.iter().map(|s| (*s, free_port())).collect();
     let url = |s: &str| format!("http://127.0.0.1:{}", ports[s]);
     let dir = colend_testkit::TempDir::new();
     let mut children: Vec<Child> = Vec::new();
@@ -35,6 +37,10 @@ async fn five_processes_on_postgres_and_redis() {
         .env("COLEND_CACHE_PREFIX", &prefix)
         .env("COLEND_DATA_DIR", &dir.0)
         .env("RUST_LOG", "warn")
+        .env(
+            "COLEND_METRICS_LISTEN",
+            format!("127.0.0.1:{}", metrics_ports[svc]),
+        )
         .kill_on_drop(true);
         for other in colend::SERVICES {
             cmd.env(format!("COLEND_{}_URL", other.to_uppercase()), url(other));
@@ -69,6 +75,28 @@ async fn five_processes_on_postgres_and_redis() {
     assert!(sum.funded.min_partner_share_bps.unwrap() >= 3_500);
     assert_eq!(sum.reconciliation.breaks, 0);
     assert!(sum.reconciliation.settlement_verified);
+    // Each process exposes Prometheus metrics: RPC durations and business counters.
+    let acquisition = scrape(metrics_ports["acquisition"]).await;
+    assert!(acquisition.contains("rpc_server_duration_seconds_bucket{rpc_service=\"colend.acquisition.v1.AcquisitionService\",rpc_method=\"SubmitApplication\",rpc_grpc_status_code=\"0\""), "{acquisition}");
+    assert!(
+        acquisition.contains("colend_applications_total{status=\"FUNDS_RESERVED\"}"),
+        "{acquisition}"
+    );
+    let funding = scrape(metrics_ports["funding"]).await;
+    assert!(
+        funding.contains("colend_funded_minor_total{funder=\"partner\",currency=\"CNY\"}"),
+        "{funding}"
+    );
+    assert!(
+        funding.contains("colend_reservations_total{result=\"reserved\"}"),
+        "{funding}"
+    );
+    assert!(funding.contains("colend_outbox_pending"), "{funding}");
+    let recon = scrape(metrics_ports["reconciliation"]).await;
+    assert!(
+        recon.contains("colend_recon_items_total{class=\"MATCHED\"}"),
+        "{recon}"
+    );
     // Graceful stop on SIGTERM.
     for c in &children {
         if let Some(pid) = c.id() {
@@ -85,4 +113,18 @@ async fn five_processes_on_postgres_and_redis() {
         assert!(status.success(), "exit status {status}");
     }
     colend_testkit::drop_database(&database_url).await;
+}
+
+/// GET /metrics over a plain socket.
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("metrics port");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
 }

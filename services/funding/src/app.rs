@@ -753,7 +753,7 @@ impl Funding {
         let split = domain::split(principal.minor_units, agreement.partner_share_bps as i64);
         let scope = format!("ReserveFunding:{}", r.partner_id);
         let settings = self.settings.clone();
-        idempotency::run(&self.db, scope, request_id, hash, move |tx| {
+        let result = idempotency::run(&self.db, scope, request_id, hash, move |tx| {
             Box::pin(async move {
                 let exists: Option<(String,)> = sqlx::query_as("SELECT loan_id FROM loans WHERE application_id = $1")
                     .bind(&r.application_id)
@@ -925,7 +925,14 @@ impl Funding {
                 Ok(loan_pb(&row, &[], Vec::new()))
             })
         })
-        .await
+        .await;
+        let outcome = match &result {
+            Ok(_) => "reserved".to_string(),
+            Err(ApiError::QuotaExceeded { limit, .. }) => limit.clone(),
+            Err(e) => e.reason().to_string(),
+        };
+        metrics::counter!("colend_reservations_total", "result" => outcome).increment(1);
+        result
     }
 
     /// Voids a reservation and releases the quota.
@@ -1205,6 +1212,18 @@ impl Funding {
         })
         .await?;
         self.outbox_ready.notify_one();
+        let currency = loan
+            .principal
+            .as_ref()
+            .map(|m| m.currency_code.clone())
+            .unwrap_or_default();
+        for (funder, amount) in [
+            ("bank", &loan.bank_amount),
+            ("partner", &loan.partner_amount),
+        ] {
+            metrics::counter!("colend_funded_minor_total", "funder" => funder, "currency" => currency.clone())
+                .increment(amount.as_ref().map(|m| m.minor_units.max(0) as u64).unwrap_or(0));
+        }
         Ok(loan)
     }
 
@@ -1464,6 +1483,7 @@ impl Funding {
         .fetch_all(&self.db.pool)
         .await?;
         let full = pending.len() == 500;
+        metrics::gauge!("colend_outbox_pending").set(pending.len() as f64);
         let mut by_application: Vec<(String, Vec<(String, acq::RecordLoanEventRequest)>)> =
             Vec::new();
         for (event_id, payload) in pending {

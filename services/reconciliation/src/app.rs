@@ -138,6 +138,10 @@ impl Reconciliation {
             c1
         };
         let outcome = domain::reconcile(&bank, &partner);
+        for (class, (count, _)) in outcome.summary() {
+            metrics::counter!("colend_recon_items_total", "class" => class.name())
+                .increment(count as u64);
+        }
         let scope = format!("RunReconciliation:{partner_id}");
         idempotency::run(&self.db, scope, request_id, hash, move |tx| {
             Box::pin(async move {
