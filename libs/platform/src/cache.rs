@@ -51,19 +51,40 @@ impl Cache {
     /// Reads `key` (without the prefix); `None` on a miss or an error.
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
         let key = format!("{}{key}", self.prefix);
-        match &self.store {
-            Store::Memory(m) => m.get(&key),
-            Store::Redis(r) => r.get(&key).await,
-        }
+        let span = tracing::info_span!(
+            "cache.get",
+            otel.kind = "client",
+            db.system = self.kind(),
+            cache.hit = tracing::field::Empty
+        );
+        let found = tracing::Instrument::instrument(
+            async {
+                match &self.store {
+                    Store::Memory(m) => m.get(&key),
+                    Store::Redis(r) => r.get(&key).await,
+                }
+            },
+            span.clone(),
+        )
+        .await;
+        span.record("cache.hit", found.is_some());
+        found
     }
 
     /// Writes `key` with a time to live; errors are logged and ignored.
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) {
         let key = format!("{}{key}", self.prefix);
-        match &self.store {
-            Store::Memory(m) => m.set(key, value.to_vec(), ttl),
-            Store::Redis(r) => r.set(&key, value, ttl).await,
-        }
+        let span = tracing::info_span!("cache.set", otel.kind = "client", db.system = self.kind());
+        tracing::Instrument::instrument(
+            async {
+                match &self.store {
+                    Store::Memory(m) => m.set(key, value.to_vec(), ttl),
+                    Store::Redis(r) => r.set(&key, value, ttl).await,
+                }
+            },
+            span,
+        )
+        .await
     }
 
     /// Removes `key`; errors are logged and ignored.

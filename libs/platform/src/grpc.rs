@@ -66,6 +66,7 @@ pub async fn serve(
     let mut server = tokio::spawn(
         Server::builder()
             .layer(crate::metrics::RpcMetricsLayer)
+            .layer(crate::rpc_trace::ServerTraceLayer)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_routes(routes.routes())
@@ -140,6 +141,14 @@ pub fn channel(url: &str) -> anyhow::Result<Channel> {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true)
         .connect_lazy())
+}
+
+/// A channel whose calls carry the caller's trace context, each in a client span.
+pub type TracedChannel = crate::rpc_trace::ClientTrace<Channel>;
+
+/// `channel`, traced.
+pub fn traced_channel(url: &str) -> anyhow::Result<TracedChannel> {
+    Ok(crate::rpc_trace::ClientTrace::new(channel(url)?))
 }
 
 /// An outbound request with a deadline (sent as the `grpc-timeout` header)

@@ -111,9 +111,19 @@ where
     F: for<'t> FnOnce(&'t mut AnyConnection) -> BoxFuture<'t, ApiResult<M>> + Send + 'static,
 {
     let db = db.clone();
-    tokio::spawn(async move { run_inner(db, scope, request_id, hash, effect).await })
-        .await
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("idempotent task failed: {e}")))?
+    let span = tracing::info_span!(
+        "db.transaction",
+        otel.kind = "client",
+        db.system = if db.backend == crate::db::Backend::Postgres { "postgresql" } else { "sqlite" },
+        db.namespace = %db.schema,
+        db.operation = %scope.split(':').next().unwrap_or(""),
+    );
+    tokio::spawn(tracing::Instrument::instrument(
+        async move { run_inner(db, scope, request_id, hash, effect).await },
+        span,
+    ))
+    .await
+    .map_err(|e| ApiError::internal(anyhow::anyhow!("idempotent task failed: {e}")))?
 }
 
 async fn run_inner<M, F>(

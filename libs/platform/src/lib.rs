@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod mesh;
 pub mod metrics;
 pub mod paging;
+pub mod rpc_trace;
 pub mod runner;
 pub mod sealing;
 pub mod telemetry;

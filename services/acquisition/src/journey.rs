@@ -13,13 +13,13 @@ use colend_contracts::funding::v1::funding_service_client::FundingServiceClient;
 use colend_contracts::kyc::v1 as kyc;
 use colend_contracts::kyc::v1::kyc_service_client::KycServiceClient;
 use colend_platform::error::from_downstream;
-use colend_platform::grpc::{channel, request};
+use colend_platform::grpc::{TracedChannel, request, traced_channel};
 use colend_platform::time::now_millis;
 use colend_platform::{ApiError, ApiResult, Db, Mesh};
 use prost::Message;
 use std::time::Duration;
 use tokio::sync::broadcast;
-use tonic::transport::Channel;
+use tracing::Instrument;
 
 /// Attempts of a step before the application is failed.
 const STEP_ATTEMPTS: u32 = 6;
@@ -27,9 +27,9 @@ const STEP_ATTEMPTS: u32 = 6;
 #[derive(Clone)]
 pub struct Journey {
     db: Db,
-    kyc: KycServiceClient<Channel>,
-    credit: CreditServiceClient<Channel>,
-    funding: FundingServiceClient<Channel>,
+    kyc: KycServiceClient<TracedChannel>,
+    credit: CreditServiceClient<TracedChannel>,
+    funding: FundingServiceClient<TracedChannel>,
     timeout: Duration,
     changes: broadcast::Sender<String>,
     sealer: colend_platform::sealing::Sealer,
@@ -48,9 +48,9 @@ impl Journey {
         let (changes, _) = broadcast::channel(1024);
         Ok(Journey {
             db,
-            kyc: KycServiceClient::new(channel(&mesh.endpoints.kyc)?),
-            credit: CreditServiceClient::new(channel(&mesh.endpoints.credit)?),
-            funding: FundingServiceClient::new(channel(&mesh.endpoints.funding)?),
+            kyc: KycServiceClient::new(traced_channel(&mesh.endpoints.kyc)?),
+            credit: CreditServiceClient::new(traced_channel(&mesh.endpoints.credit)?),
+            funding: FundingServiceClient::new(traced_channel(&mesh.endpoints.funding)?),
             timeout: mesh.call_timeout,
             changes,
             sealer: mesh.sealer.clone(),
@@ -69,11 +69,16 @@ impl Journey {
     /// Runs the journey of an application in the background.
     pub fn start(&self, application_id: String) {
         let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = this.advance(&application_id).await {
-                tracing::error!(application_id, error = %e, "journey stopped");
+        // The journey continues the submitting call's trace.
+        let span = tracing::info_span!("journey", application_id = %application_id);
+        tokio::spawn(
+            async move {
+                if let Err(e) = this.advance(&application_id).await {
+                    tracing::error!(application_id, error = %e, "journey stopped");
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 
     /// On start-up: resumes every journey that has steps left.

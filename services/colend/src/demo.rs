@@ -14,12 +14,11 @@ use colend_contracts::kyc::v1::kyc_service_client::KycServiceClient;
 use colend_contracts::reconciliation::v1 as recon;
 use colend_contracts::reconciliation::v1::reconciliation_service_client::ReconciliationServiceClient;
 use colend_core::money::format_minor;
-use colend_platform::grpc::{channel, request};
+use colend_platform::grpc::{TracedChannel, request, traced_channel};
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -74,10 +73,10 @@ fn minor(m: &Option<Money>) -> i64 {
 
 #[derive(Clone)]
 struct Clients {
-    acquisition: AcquisitionServiceClient<Channel>,
-    funding: FundingServiceClient<Channel>,
-    kyc: KycServiceClient<Channel>,
-    recon: ReconciliationServiceClient<Channel>,
+    acquisition: AcquisitionServiceClient<TracedChannel>,
+    funding: FundingServiceClient<TracedChannel>,
+    kyc: KycServiceClient<TracedChannel>,
+    recon: ReconciliationServiceClient<TracedChannel>,
     partner: String,
     run: String,
 }
@@ -417,6 +416,29 @@ async fn one(
             partner: part(Funder::Partner, r),
         });
     }
+    // Both sides record the day's movements with reconciliation.
+    let mut rc = c.recon.clone();
+    for (side, recs) in [
+        (recon::Side::Bank, &bank_recs),
+        (recon::Side::Partner, &partner_recs),
+    ] {
+        let ingest = rc
+            .ingest_records(request(
+                recon::IngestRecordsRequest {
+                    request_id: format!("demo-{}-recon-{}-{i}", c.run, side.as_str_name()),
+                    partner_id: c.partner.clone(),
+                    business_date: today.clone(),
+                    side: side as i32,
+                    records: recs.iter().map(Rec::to_pb).collect(),
+                },
+                CALL,
+                None,
+            ))
+            .await;
+        if let Err(s) = ingest {
+            return Outcome::Error(format!("ingest #{i}: {} {}", s.code(), s.message()));
+        }
+    }
     // The application's history catches up with the loan events.
     let final_status = wait_for(&c, &app.application_id, &["REPAYING"]).await;
     Outcome::Funded {
@@ -608,8 +630,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// Runs the demo and returns its summary.
 pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let ch = channel(&args.endpoint)?;
-    let at = |e: &Option<String>| e.as_deref().map(channel).unwrap_or_else(|| Ok(ch.clone()));
+    let ch = traced_channel(&args.endpoint)?;
+    let at = |e: &Option<String>| {
+        e.as_deref()
+            .map(traced_channel)
+            .unwrap_or_else(|| Ok(ch.clone()))
+    };
     let run = uuid::Uuid::now_v7().simple().to_string();
     let partner = args
         .partner
@@ -647,7 +673,9 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
         .map(|(i, b)| {
             let (c, today, dups, bar) = (c.clone(), today.clone(), &dups, bar.clone());
             async move {
-                let o = one(c, i, b, today, dups).await;
+                // One trace per application, across all five services.
+                let span = tracing::info_span!("colend.demo.application", application = i);
+                let o = tracing::Instrument::instrument(one(c, i, b, today, dups), span).await;
                 bar.inc(1);
                 o
             }
@@ -745,25 +773,6 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
 
     // Reconcile the day: the bank's records against the partner's.
     let mut rc = c.recon.clone();
-    for (side, recs) in [
-        (recon::Side::Bank, &bank_recs),
-        (recon::Side::Partner, &partner_recs),
-    ] {
-        for (n, chunk) in recs.chunks(1_000).enumerate() {
-            rc.ingest_records(request(
-                recon::IngestRecordsRequest {
-                    request_id: format!("demo-{}-recon-{}-{n}", c.run, side.as_str_name()),
-                    partner_id: partner.clone(),
-                    business_date: today.clone(),
-                    side: side as i32,
-                    records: chunk.iter().map(Rec::to_pb).collect(),
-                },
-                CALL,
-                None,
-            ))
-            .await?;
-        }
-    }
     let run = rc
         .run_reconciliation(request(
             recon::RunReconciliationRequest {

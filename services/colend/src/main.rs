@@ -113,7 +113,11 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Demo(args) => colend::demo::run(args).await,
+        Command::Demo(args) => {
+            // Quiet logs; traces go out when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+            let _t = colend_platform::telemetry::init("colend-demo");
+            colend::demo::run(args).await
+        }
         Command::Migrate { service, data_dir } => {
             let _t = colend_platform::telemetry::init("colend-migrate");
             let mut backends = Backends::from_env();

@@ -67,7 +67,7 @@ impl Settings {
 pub struct Funding {
     db: Db,
     cache: Cache,
-    acquisition: AcquisitionServiceClient<Channel>,
+    acquisition: AcquisitionServiceClient<colend_platform::grpc::TracedChannel>,
     call_timeout: Duration,
     settings: Settings,
     outbox_ready: Arc<tokio::sync::Notify>,
@@ -592,7 +592,9 @@ impl Funding {
         Funding {
             db,
             cache,
-            acquisition: AcquisitionServiceClient::new(acquisition),
+            acquisition: AcquisitionServiceClient::new(
+                colend_platform::rpc_trace::ClientTrace::new(acquisition),
+            ),
             call_timeout,
             settings,
             outbox_ready: Arc::new(tokio::sync::Notify::new()),
