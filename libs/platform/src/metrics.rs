@@ -9,6 +9,7 @@
 //! - `colend_funded_minor_total` (`funder`, `currency`): principal disbursed per funder
 //! - `colend_outbox_pending`: loan events not yet relayed (outbox lag)
 //! - `colend_recon_items_total` (`class`): reconciled transactions by class
+//! - `colend_journeys_parked_total`: journeys that stopped on a technical failure (status FAILED)
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::future::Future;
 use std::pin::Pin;

@@ -483,6 +483,16 @@ impl Journey {
         .map_err(|e| ApiError::internal(anyhow::anyhow!("transition task failed: {e}")))??;
         if done {
             metrics::counter!("colend_applications_total", "status" => to.name()).increment(1);
+            tracing::info!(
+                application_id = id,
+                from = from.name(),
+                to = to.name(),
+                "application moved"
+            );
+            if to == Status::Failed {
+                // A journey that could not go on: it waits for an operator.
+                metrics::counter!("colend_journeys_parked_total").increment(1);
+            }
             self.notify(id);
         }
         Ok(done)
