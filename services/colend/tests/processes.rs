@@ -5,12 +5,14 @@ use colend::demo::{DemoArgs, execute};
 use std::collections::HashMap;
 use tokio::process::{Child, Command};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free ports: all are held until every one is chosen.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 #[tokio::test]
@@ -18,9 +20,18 @@ async fn five_processes_on_postgres_and_redis() {
     let database_url = colend_testkit::fresh_postgres().await;
     let redis_url = colend_testkit::require_redis().await;
     let prefix = format!("colend-test-{}:", std::process::id());
-    let ports: HashMap<&str, u16> = colend::SERVICES.iter().map(|s| (*s, free_port())).collect();
-    let metrics_ports: HashMap<&str, u16> =
-        colend::SERVICES.iter().map(|s| (*s, free_port())).collect();
+    let free = free_ports(2 * colend::SERVICES.len());
+    let (main, metrics) = free.split_at(colend::SERVICES.len());
+    let ports: HashMap<&str, u16> = colend::SERVICES
+        .iter()
+        .copied()
+        .zip(main.iter().copied())
+        .collect();
+    let metrics_ports: HashMap<&str, u16> = colend::SERVICES
+        .iter()
+        .copied()
+        .zip(metrics.iter().copied())
+        .collect();
     let url = |s: &str| format!("http://127.0.0.1:{}", ports[s]);
     let dir = colend_testkit::TempDir::new();
     let mut children: Vec<Child> = Vec::new();
