@@ -65,7 +65,6 @@ pub async fn serve(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut server = tokio::spawn(
         Server::builder()
-            .layer(crate::metrics::RpcMetricsLayer)
             .layer(crate::rpc_trace::ServerTraceLayer)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

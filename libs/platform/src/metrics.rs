@@ -11,10 +11,6 @@
 //! - `colend_recon_items_total` (`class`): reconciled transactions by class
 //! - `colend_journeys_parked_total`: journeys that stopped on a technical failure (status FAILED)
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Instant;
 
 const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -39,61 +35,13 @@ pub fn install_from_env() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Tower layer timing every RPC.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RpcMetricsLayer;
-
-impl<S> tower::Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct RpcMetrics<S> {
-    inner: S,
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for RpcMetrics<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let path = req.uri().path().trim_start_matches('/').to_string();
-        let started = Instant::now();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let res = fut.await;
-            // Errors travel as trailers-only responses with grpc-status in the
-            // headers; a response without it is a success so far.
-            let code = match &res {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("0")
-                    .to_string(),
-                Err(_) => "2".to_string(),
-            };
-            let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
-            metrics::histogram!(
-                "rpc_server_duration_seconds",
-                "rpc_service" => service.to_string(),
-                "rpc_method" => method.to_string(),
-                "rpc_grpc_status_code" => code
-            )
-            .record(started.elapsed().as_secs_f64());
-            res
-        })
-    }
+/// Records one RPC's duration (called by the server layer in `crate::rpc_trace`).
+pub fn record_rpc(service: &str, method: &str, code: i64, seconds: f64) {
+    metrics::histogram!(
+        "rpc_server_duration_seconds",
+        "rpc_service" => service.to_string(),
+        "rpc_method" => method.to_string(),
+        "rpc_grpc_status_code" => code.to_string()
+    )
+    .record(seconds);
 }

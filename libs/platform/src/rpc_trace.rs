@@ -1,4 +1,5 @@
-//! Spans for every gRPC call, named and attributed by the OpenTelemetry RPC
+//! Spans (and, on the server, duration metrics) for every gRPC call, named
+//! and attributed by the OpenTelemetry RPC
 //! semantic conventions (`rpc.system`, `rpc.service`, `rpc.method`,
 //! `rpc.grpc.status_code`), with the W3C trace context carried in metadata:
 //! extracted on the server, injected by the client.
@@ -40,6 +41,20 @@ fn split(path: &str) -> (String, String) {
     (s.to_string(), m.to_string())
 }
 
+/// The gRPC status of a response: errors travel as trailers-only responses
+/// with `grpc-status` in the headers; a response without it is a success so far.
+fn status_code<RB, E>(res: &Result<http::Response<RB>, E>) -> i64 {
+    match res {
+        Ok(r) => r
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0),
+        Err(_) => 2,
+    }
+}
+
 /// Records the span's trace and span ids as fields, for JSON logs.
 fn record_ids(span: &tracing::Span) {
     let cx = span.context();
@@ -50,7 +65,8 @@ fn record_ids(span: &tracing::Span) {
     }
 }
 
-/// Server side: a span per call, child of the caller's context.
+/// Server side: a span per call, child of the caller's context, and the
+/// call's duration by method and status code.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ServerTraceLayer;
 
@@ -81,9 +97,20 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let (service, method) = split(req.uri().path());
-        // Health probes and reflection are not traced.
+        let started = std::time::Instant::now();
+        // Health probes and reflection are timed but not traced.
         if service.starts_with("grpc.") {
-            return Box::pin(self.inner.call(req));
+            let fut = self.inner.call(req);
+            return Box::pin(async move {
+                let res = fut.await;
+                crate::metrics::record_rpc(
+                    &service,
+                    &method,
+                    status_code(&res),
+                    started.elapsed().as_secs_f64(),
+                );
+                res
+            });
         }
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&HeaderExtractor(req.headers()))
@@ -109,16 +136,14 @@ where
         Box::pin(
             async move {
                 let res = fut.await;
-                let code = match &res {
-                    Ok(r) => r
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i64>().ok())
-                        .unwrap_or(0),
-                    Err(_) => 2,
-                };
+                let code = status_code(&res);
                 recorder.record("rpc.grpc.status_code", code);
+                crate::metrics::record_rpc(
+                    &service,
+                    &method,
+                    code,
+                    started.elapsed().as_secs_f64(),
+                );
                 res
             }
             .instrument(span),
