@@ -79,8 +79,96 @@ async fn journey(backend: Backend) -> TestServer {
     assert_eq!(sum.reconciliation.matched, 2 * funded as i64);
     assert_eq!(sum.reconciliation.breaks, 0);
     assert!(sum.reconciliation.settlement_verified);
+    // Three-way: both sides agree with colend's own funding ledger.
+    assert_eq!(sum.reconciliation.ledger_records, 2 * funded as i64);
+    assert_eq!(sum.reconciliation.ledger_breaks, 0);
     assert!(sum.ledger_balanced);
+    three_way_breaks(
+        &s,
+        &sum.partner_id,
+        &sum.reconciliation.business_date,
+        funded as i64,
+    )
+    .await;
     s
+}
+
+/// A bank record colend never booked is MISSING_IN_LEDGER; the ledger's
+/// movements nobody sent are missing on both sides (a dry run: nothing kept).
+async fn three_way_breaks(s: &TestServer, partner: &str, date: &str, funded: i64) {
+    use colend_contracts::common::v1::Money;
+    use colend_contracts::reconciliation::v1::{
+        self as pb, reconcile_stream_request::Item,
+        reconciliation_service_client::ReconciliationServiceClient,
+    };
+    let cny = |m: i64| {
+        Some(Money {
+            minor_units: m,
+            currency_code: "CNY".into(),
+        })
+    };
+    let ghost = pb::Record {
+        kind: pb::RecordKind::Repayment as i32,
+        transaction_id: "ghost-1".into(),
+        loan_id: "no-such-loan".into(),
+        value_date: date.into(),
+        amount: cny(1_000),
+        bank_portion: cny(700),
+        partner_portion: cny(300),
+        ..Default::default()
+    };
+    let msgs = vec![
+        pb::ReconcileStreamRequest {
+            item: Some(Item::Start(pb::ReconcileStreamStart {
+                request_id: "three-way-check".into(),
+                partner_id: partner.into(),
+                business_date: date.into(),
+                options: Some(pb::RunOptions {
+                    three_way: true,
+                    dry_run: true,
+                    ..Default::default()
+                }),
+            })),
+        },
+        pb::ReconcileStreamRequest {
+            item: Some(Item::Batch(pb::RecordBatch {
+                side: pb::Side::Bank as i32,
+                records: vec![ghost],
+            })),
+        },
+    ];
+    let run = ReconciliationServiceClient::new(s.channel.clone())
+        .reconcile_stream(futures::stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    let count = |p: pb::Pair, k: pb::BreakClass| {
+        run.ledger_pairs
+            .iter()
+            .find(|x| x.pair == p as i32)
+            .and_then(|x| x.classes.iter().find(|c| c.break_class == k as i32))
+            .map(|c| c.count)
+            .unwrap_or(0)
+    };
+    assert_eq!(run.ledger_records, 2 * funded);
+    assert_eq!(
+        count(pb::Pair::BankLedger, pb::BreakClass::MissingInLedger),
+        1
+    );
+    assert_eq!(
+        count(pb::Pair::BankLedger, pb::BreakClass::MissingOnBankSide),
+        2 * funded
+    );
+    assert_eq!(
+        count(
+            pb::Pair::PartnerLedger,
+            pb::BreakClass::MissingOnPartnerSide
+        ),
+        2 * funded
+    );
+    assert!(run.run_id.is_empty());
 }
 
 #[tokio::test]

@@ -68,6 +68,10 @@ pub async fn serve(
             .layer(crate::rpc_trace::ServerTraceLayer)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // Streams of large batches (reconciliation files) are not held
+            // back by HTTP/2's 64 KiB default windows.
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(incoming, async {
                 stop_rx.await.ok();
@@ -139,8 +143,14 @@ pub fn channel(url: &str) -> anyhow::Result<Channel> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true)
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .connect_lazy())
 }
+
+/// HTTP/2 flow-control windows of every server and channel.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+pub const CONNECTION_WINDOW: u32 = 8 << 20;
 
 /// A channel whose calls carry the caller's trace context, each in a client span.
 pub type TracedChannel = crate::rpc_trace::ClientTrace<Channel>;

@@ -103,6 +103,7 @@ impl Rec {
             amount: cny(self.amount),
             bank_portion: cny(self.bank),
             partner_portion: cny(self.partner),
+            ..Default::default()
         }
     }
 }
@@ -154,6 +155,10 @@ pub struct ReconSummary {
     pub partner_records: i64,
     pub matched: i64,
     pub breaks: i64,
+    /// colend's funding ledger records of the day (three-way).
+    pub ledger_records: i64,
+    /// Breaks between either side and colend's ledger.
+    pub ledger_breaks: i64,
     pub partner_owes_bank_minor: i64,
     pub partner_owes_bank: String,
     pub settlement_verified: bool,
@@ -779,6 +784,10 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
                 request_id: format!("demo-{}-recon-run", c.run),
                 partner_id: partner.clone(),
                 business_date: today.clone(),
+                options: Some(recon::RunOptions {
+                    three_way: true,
+                    ..Default::default()
+                }),
             },
             CALL,
             None,
@@ -815,6 +824,8 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
         partner_records: run.partner_records,
         matched,
         breaks: run.open_breaks,
+        ledger_records: run.ledger_records,
+        ledger_breaks: run.ledger_pairs.iter().map(|p| p.open_breaks).sum(),
         partner_owes_bank_minor: owed,
         partner_owes_bank: format_minor(owed),
         settlement_verified: owed == expected,
@@ -823,6 +834,12 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
         s.invariant_violations.push(format!(
             "{} unexplained reconciliation breaks",
             run.open_breaks
+        ));
+    }
+    if s.reconciliation.ledger_breaks != 0 {
+        s.invariant_violations.push(format!(
+            "{} breaks against colend's funding ledger",
+            s.reconciliation.ledger_breaks
         ));
     }
     if owed != expected {
@@ -883,13 +900,15 @@ fn print_text(s: &Summary) {
     }
     let r = &s.reconciliation;
     println!(
-        "reconciliation {} ({}): {} bank / {} partner records, {} matched, {} breaks; partner owes bank CNY {} ({})",
+        "reconciliation {} ({}): {} bank / {} partner / {} ledger records, {} matched, {} breaks ({} against the ledger); partner owes bank CNY {} ({})",
         r.run_id,
         r.business_date,
         r.bank_records,
         r.partner_records,
+        r.ledger_records,
         r.matched,
         r.breaks,
+        r.ledger_breaks,
         r.partner_owes_bank,
         if r.settlement_verified {
             "verified"

@@ -1,6 +1,7 @@
 //! The `colend` command: the embedded mesh, single services, and the demo.
 pub mod borrowers;
 pub mod demo;
+pub mod recon;
 
 use colend_platform::config::Backends;
 use colend_platform::runner::{Registered, serve_registered};

@@ -1,4 +1,4 @@
-//! `colend up | serve | demo`.
+//! `colend up | serve | demo | recon | health | migrate`.
 use clap::{Parser, Subcommand};
 use colend_platform::config::Backends;
 use std::path::PathBuf;
@@ -60,6 +60,10 @@ enum Command {
     /// Acts as a partner and as the bank core against a running mesh: takes
     /// generated borrowers through the whole journey and prints a summary.
     Demo(colend::demo::DemoArgs),
+    /// Reconciles a day's files, exports breaks and settlement lines,
+    /// resolves breaks, generates test files.
+    #[command(subcommand)]
+    Recon(colend::recon::ReconCommand),
 }
 
 #[tokio::main]
@@ -118,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
             let _t = colend_platform::telemetry::init("colend-demo");
             colend::demo::run(args).await
         }
+        Command::Recon(cmd) => colend::recon::run(cmd).await,
         Command::Migrate { service, data_dir } => {
             let _t = colend_platform::telemetry::init("colend-migrate");
             let mut backends = Backends::from_env();

@@ -1554,6 +1554,83 @@ impl Funding {
         Ok(loan_pb(&l, &sched, reps))
     }
 
+    /// The day's disbursements and repayments of a partner's loans, as
+    /// booked (three-way reconciliation).
+    pub async fn ledger_movements(
+        &self,
+        partner_id: &str,
+        value_date: &str,
+    ) -> ApiResult<Vec<pb::LedgerMovement>> {
+        let money = |m: i64, c: &str| {
+            Some(colend_contracts::common::v1::Money {
+                minor_units: m,
+                currency_code: c.to_string(),
+            })
+        };
+        let mut out = Vec::new();
+        let loans = sqlx::query(
+            "SELECT loan_id, currency, principal, bank_amount, partner_amount, disbursement_ref FROM loans \
+             WHERE partner_id = $1 AND disbursed_on = $2 ORDER BY loan_id",
+        )
+        .bind(partner_id)
+        .bind(value_date)
+        .fetch_all(&self.db.pool)
+        .await?;
+        for r in loans {
+            let c: String = r.get(1);
+            out.push(pb::LedgerMovement {
+                kind: pb::MovementKind::Disbursement as i32,
+                transaction_ref: r.get(5),
+                loan_id: r.get(0),
+                value_date: value_date.to_string(),
+                amount: money(r.get(2), &c),
+                bank_portion: money(r.get(3), &c),
+                partner_portion: money(r.get(4), &c),
+                ..Default::default()
+            });
+        }
+        let reps: Vec<(String, String)> = sqlx::query_as(
+            "SELECT r.body, l.currency FROM repayments r JOIN loans l ON l.loan_id = r.loan_id \
+             WHERE l.partner_id = $1 AND r.value_date = $2 ORDER BY r.created_at, r.repayment_id",
+        )
+        .bind(partner_id)
+        .bind(value_date)
+        .fetch_all(&self.db.pool)
+        .await?;
+        for (body, c) in reps {
+            let bytes = hex::decode(body).map_err(ApiError::internal)?;
+            let rep = pb::Repayment::decode(bytes.as_slice()).map_err(ApiError::internal)?;
+            let mut m = pb::LedgerMovement {
+                kind: pb::MovementKind::Repayment as i32,
+                transaction_ref: rep.bank_transaction_ref.clone(),
+                loan_id: rep.loan_id.clone(),
+                value_date: rep.value_date.clone(),
+                amount: money(rep.amount.as_ref().map(|a| a.minor_units).unwrap_or(0), &c),
+                ..Default::default()
+            };
+            let (mut bank, mut partner) = (0i64, 0i64);
+            for a in &rep.allocations {
+                let v = a.amount.as_ref().map(|x| x.minor_units).unwrap_or(0);
+                if a.funder == Funder::Bank as i32 {
+                    bank += v;
+                } else {
+                    partner += v;
+                }
+                match pb::Component::try_from(a.component) {
+                    Ok(pb::Component::Principal) => m.principal += v,
+                    Ok(pb::Component::Interest) => m.interest += v,
+                    Ok(pb::Component::Fee) => m.fee += v,
+                    Ok(pb::Component::Penalty) => m.penalty += v,
+                    _ => {}
+                }
+            }
+            m.bank_portion = money(bank, &c);
+            m.partner_portion = money(partner, &c);
+            out.push(m);
+        }
+        Ok(out)
+    }
+
     /// Ledger totals per funder and account.
     pub async fn trial_balance(&self) -> ApiResult<pb::GetTrialBalanceResponse> {
         let rows = sqlx::query(

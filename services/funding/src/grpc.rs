@@ -368,4 +368,40 @@ impl FundingService for FundingGrpc {
             }),
         }))
     }
+
+    type StreamLedgerMovementsStream = futures::stream::Iter<
+        std::vec::IntoIter<Result<pb::StreamLedgerMovementsResponse, Status>>,
+    >;
+
+    async fn stream_ledger_movements(
+        &self,
+        request: Request<pb::StreamLedgerMovementsRequest>,
+    ) -> Result<Response<Self::StreamLedgerMovementsStream>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        v.check(
+            caller::valid_partner_id(&r.partner_id),
+            "partner_id",
+            "must be 1 to 64 characters of letters, digits, '-' or '_'",
+        );
+        v.check(
+            parse_date(&r.value_date).is_some(),
+            "value_date",
+            "must be a date YYYY-MM-DD",
+        );
+        v.into_result()?;
+        let all = self
+            .app
+            .ledger_movements(&r.partner_id, &r.value_date)
+            .await?;
+        let batches: Vec<_> = all
+            .chunks(1_000)
+            .map(|c| {
+                Ok(pb::StreamLedgerMovementsResponse {
+                    movements: c.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(futures::stream::iter(batches)))
+    }
 }

@@ -19,7 +19,11 @@ pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Re
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "reconciliation", &MIGRATOR).await?;
     colend_platform::idempotency::spawn_retention(&db)?;
-    let server = grpc::server(app::Reconciliation::new(db));
+    let ledger = app::funding_ledger(
+        colend_platform::grpc::traced_channel(&mesh.endpoints.funding)?,
+        mesh.call_timeout,
+    );
+    let server = grpc::server(app::Reconciliation::new(db, Some(ledger)));
     Ok(Registered::new(SERVICE, move |routes| {
         routes.add_service(server);
     }))
