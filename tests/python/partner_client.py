@@ -7,7 +7,13 @@ the partner submits applications and follows them live, the bank disburses,
 and the partner reads the final status and history.
 
     python3 -m venv .venv && .venv/bin/pip install -r requirements.txt
-    .venv/bin/python partner_client.py --endpoint 127.0.0.1:50051
+    .venv/bin/python partner_client.py --endpoint 127.0.0.1:50051 --partner acme \
+        --partner-token "$(colend credentials issue --class partner --partner-id acme)" \
+        --bank-token "$(colend credentials issue --class bank --subject bank-core)"
+
+Every call carries `authorization: Bearer <token>`: the partner's token names
+the partner (the service takes the partner from it), the bank core's token
+allows the bank's operations.
 """
 import argparse
 import datetime
@@ -67,7 +73,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--endpoint", default="127.0.0.1:50051")
     ap.add_argument("--applications", type=int, default=3)
+    ap.add_argument("--partner", required=True, help="the partner the partner token names")
+    ap.add_argument("--partner-token", default=os.environ.get("COLEND_PARTNER_TOKEN"))
+    ap.add_argument("--bank-token", default=os.environ.get("COLEND_BANK_TOKEN"))
     args = ap.parse_args()
+    if not args.partner_token or not args.bank_token:
+        sys.exit("--partner-token and --bank-token (or COLEND_PARTNER_TOKEN / COLEND_BANK_TOKEN) are required")
 
     out = tempfile.mkdtemp(prefix="colend-py-")
     generate_stubs(out)
@@ -80,8 +91,9 @@ def main():
     channel = grpc.insecure_channel(args.endpoint)
     acquisition = acq_grpc.AcquisitionServiceStub(channel)
     funding = fund_grpc.FundingServiceStub(channel)
-    partner = "py-" + uuid.uuid4().hex[:10]
-    as_partner = [("x-colend-partner-id", partner)]
+    partner = args.partner
+    as_partner = [("authorization", f"Bearer {args.partner_token}")]
+    as_bank = [("authorization", f"Bearer {args.bank_token}")]
     cny = lambda minor: common.Money(minor_units=minor, currency_code="CNY")
 
     # The bank whitelists the partner (rule C12), records its reference data
@@ -89,21 +101,21 @@ def main():
     funding.WhitelistInstitution(fund.WhitelistInstitutionRequest(
         request_id=f"whitelist-{partner}",
         entry=fund.WhitelistEntry(institution_id=partner, kind=fund.INSTITUTION_KIND_PARTNER,
-                                  effective_from="2026-01-01")), timeout=10)
+                                  effective_from="2026-01-01")), metadata=as_bank, timeout=10)
     try:
-        funding.GetBankReference(fund.GetBankReferenceRequest(), timeout=10)
+        funding.GetBankReference(fund.GetBankReferenceRequest(), metadata=as_bank, timeout=10)
     except grpc.RpcError as e:
         if e.code() != grpc.StatusCode.NOT_FOUND:
             raise
         funding.SetBankReference(fund.SetBankReferenceRequest(
             request_id="python-bank-reference",
             reference=fund.BankReference(net_tier1_capital=cny(8 * 10**12), total_loan_balance=cny(10**14),
-                                         as_of="2026-09-30")), timeout=10)
+                                         as_of="2026-09-30")), metadata=as_bank, timeout=10)
     funding.UpsertAgreement(fund.UpsertAgreementRequest(
         request_id=f"agreement-{partner}",
         agreement=fund.Agreement(partner_id=partner, partner_share_bps=3000, bank_rate_bps=900,
                                  partner_rate_bps=1100, daily_quota=cny(10**12), total_quota=cny(10**13),
-                                 effective_from="2026-01-01")), timeout=10)
+                                 effective_from="2026-01-01")), metadata=as_bank, timeout=10)
 
     # An invalid resident ID is refused with INVALID_ARGUMENT.
     bad = acq.SubmitApplicationRequest(request_id=f"{partner}-bad")
@@ -156,7 +168,7 @@ def main():
         # The bank disburses; the partner sees it in the history.
         funding.BookDisbursement(fund.BookDisbursementRequest(
             request_id=f"disburse-{final.funding.loan_id}", loan_id=final.funding.loan_id,
-            value_date=today.isoformat(), bank_transaction_ref=f"PY-{i}-{partner}"), timeout=10)
+            value_date=today.isoformat(), bank_transaction_ref=f"PY-{i}-{partner}"), metadata=as_bank, timeout=10)
         for _ in range(100):
             got = acquisition.GetApplication(acq.GetApplicationRequest(application_id=app.application_id),
                                              metadata=as_partner, timeout=10).application

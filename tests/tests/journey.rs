@@ -138,7 +138,7 @@ async fn three_way_breaks(s: &TestServer, partner: &str, date: &str, funded: i64
         },
     ];
     let run = ReconciliationServiceClient::new(s.channel.clone())
-        .reconcile_stream(futures::stream::iter(msgs))
+        .reconcile_stream(colend_testkit::as_bank(futures::stream::iter(msgs)))
         .await
         .unwrap()
         .into_inner()

@@ -49,6 +49,8 @@ pub enum ApiError {
     NotWhitelisted(String),
     #[error("{0}")]
     Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{service} is unavailable: {message}")]
     Dependency { service: String, message: String },
     #[error("internal error")]
@@ -95,6 +97,7 @@ impl ApiError {
             ApiError::NoAgreement(_) => "NO_AGREEMENT",
             ApiError::NotWhitelisted(_) => "NOT_WHITELISTED",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::PermissionDenied(_) => "PERMISSION_DENIED",
             ApiError::Dependency { .. } => "DEPENDENCY_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
         }
@@ -112,6 +115,7 @@ impl ApiError {
             ApiError::NoAgreement(_) => Code::FailedPrecondition,
             ApiError::NotWhitelisted(_) => Code::FailedPrecondition,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::Dependency { .. } => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         }

@@ -66,6 +66,7 @@ pub async fn serve(
     let mut server = tokio::spawn(
         Server::builder()
             .layer(crate::rpc_trace::ServerTraceLayer)
+            .layer(crate::auth::AuthLayer)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             // Streams of large batches (reconciliation files) are not held
@@ -165,6 +166,11 @@ pub fn traced_channel(url: &str) -> anyhow::Result<TracedChannel> {
 pub fn request<T>(message: T, timeout: Duration, partner_id: Option<&str>) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
     req.set_timeout(timeout);
+    // As a colend service; tools acting as a partner or the bank re-sign
+    // with `auth::sign_request`.
+    let token = crate::auth::authority().internal_token();
+    req.metadata_mut()
+        .insert("authorization", crate::auth::bearer(&token));
     if let Some(p) = partner_id
         && let Ok(v) = p.parse()
     {

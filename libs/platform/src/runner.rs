@@ -97,6 +97,7 @@ where
 {
     let _telemetry = crate::telemetry::init(service);
     crate::metrics::install_from_env()?;
+    crate::auth::init(backends.database_url.is_some())?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;

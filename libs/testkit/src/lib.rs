@@ -210,12 +210,44 @@ impl Drop for TestServer {
 
 /// A request as a partner would send it.
 pub fn as_partner<T>(partner: &str, message: T) -> tonic::Request<T> {
-    colend_platform::grpc::request(message, Duration::from_secs(10), Some(partner))
+    let mut r = colend_platform::grpc::request(message, Duration::from_secs(10), Some(partner));
+    colend_platform::auth::sign_request(
+        &mut r,
+        colend_platform::auth::Class::Partner,
+        Some(partner),
+        partner,
+    );
+    r
 }
 
 /// A request as the bank core would send it.
 pub fn as_bank<T>(message: T) -> tonic::Request<T> {
+    let mut r = colend_platform::grpc::request(message, Duration::from_secs(10), None);
+    colend_platform::auth::sign_request(
+        &mut r,
+        colend_platform::auth::Class::Bank,
+        None,
+        "bank-core",
+    );
+    r
+}
+
+/// A request as another colend service makes it, on behalf of `partner`
+/// (acquisition calling kyc, credit or funding).
+pub fn as_service<T>(partner: &str, message: T) -> tonic::Request<T> {
+    colend_platform::grpc::request(message, Duration::from_secs(10), Some(partner))
+}
+
+/// A request as another colend service makes it, for no partner.
+pub fn as_internal<T>(message: T) -> tonic::Request<T> {
     colend_platform::grpc::request(message, Duration::from_secs(10), None)
+}
+
+/// A request with no credentials at all.
+pub fn anonymous<T>(message: T) -> tonic::Request<T> {
+    let mut r = colend_platform::grpc::request(message, Duration::from_secs(10), None);
+    r.metadata_mut().remove("authorization");
+    r
 }
 
 /// The ErrorInfo reason of a status.

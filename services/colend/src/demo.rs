@@ -14,7 +14,20 @@ use colend_contracts::kyc::v1::kyc_service_client::KycServiceClient;
 use colend_contracts::reconciliation::v1 as recon;
 use colend_contracts::reconciliation::v1::reconciliation_service_client::ReconciliationServiceClient;
 use colend_core::money::format_minor;
-use colend_platform::grpc::{TracedChannel, request, traced_channel};
+use colend_platform::auth::{Class, sign_request};
+use colend_platform::grpc::{TracedChannel, traced_channel};
+
+/// A call as the partner (`Some`) or as the bank core (`None`), with a
+/// token signed by this process's key (`COLEND_AUTH_KEYS`, or the
+/// development key that `colend up` also uses).
+fn request<T>(message: T, timeout: Duration, partner: Option<&str>) -> tonic::Request<T> {
+    let mut r = colend_platform::grpc::request(message, timeout, partner);
+    match partner {
+        Some(p) => sign_request(&mut r, Class::Partner, Some(p), p),
+        None => sign_request(&mut r, Class::Bank, None, "colend-demo"),
+    }
+    r
+}
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -64,6 +64,29 @@ enum Command {
     /// resolves breaks, generates test files.
     #[command(subcommand)]
     Recon(colend::recon::ReconCommand),
+    /// Issues credentials: bearer tokens signed with COLEND_AUTH_KEYS (or,
+    /// when unset, the development key `colend up` uses).
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// Prints a token for a partner, the bank core or an internal service.
+    Issue {
+        /// partner, bank or internal.
+        #[arg(long)]
+        class: String,
+        /// The partner (required for a partner token).
+        #[arg(long)]
+        partner_id: Option<String>,
+        /// Who holds it (a system or person), for logs.
+        #[arg(long, default_value = "colend-credentials")]
+        subject: String,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: i64,
+    },
 }
 
 #[tokio::main]
@@ -75,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
             colend_platform::metrics::install_from_env()?;
             let mut backends = Backends::from_env();
             backends.data_dir = data_dir;
+            colend_platform::auth::init(backends.database_url.is_some())?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -123,6 +147,37 @@ async fn main() -> anyhow::Result<()> {
             colend::demo::run(args).await
         }
         Command::Recon(cmd) => colend::recon::run(cmd).await,
+        Command::Credentials(CredentialsCommand::Issue {
+            class,
+            partner_id,
+            subject,
+            ttl_secs,
+        }) => {
+            use colend_platform::auth::{Authority, Class};
+            let class = Class::parse(&class)
+                .ok_or_else(|| anyhow::anyhow!("--class must be partner, bank or internal"))?;
+            anyhow::ensure!(
+                class != Class::Partner
+                    || partner_id
+                        .as_deref()
+                        .is_some_and(colend_platform::caller::valid_partner_id),
+                "a partner token needs --partner-id (1 to 64 letters, digits, '-' or '_')"
+            );
+            anyhow::ensure!(
+                (1..=30 * 86_400).contains(&ttl_secs),
+                "--ttl-secs must be 1 to 2592000"
+            );
+            anyhow::ensure!(!subject.contains('|'), "--subject must not contain '|'");
+            let a = Authority::from_env()?;
+            if a.is_development() {
+                eprintln!("note: signed with the development key (COLEND_AUTH_KEYS is not set)");
+            }
+            println!(
+                "{}",
+                a.issue_for(class, partner_id.as_deref(), &subject, ttl_secs)
+            );
+            Ok(())
+        }
         Command::Migrate { service, data_dir } => {
             let _t = colend_platform::telemetry::init("colend-migrate");
             let mut backends = Backends::from_env();

@@ -156,6 +156,25 @@ pub async fn run(cmd: ReconCommand) -> anyhow::Result<()> {
     }
 }
 
+/// A call as the bank core: a token from `COLEND_BANK_TOKEN`, or signed
+/// with this process's key (`COLEND_AUTH_KEYS`, or the development key).
+fn as_bank<T>(message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    match colend_platform::config::env_opt("COLEND_BANK_TOKEN") {
+        Some(t) => {
+            r.metadata_mut()
+                .insert("authorization", colend_platform::auth::bearer(&t));
+        }
+        None => colend_platform::auth::sign_request(
+            &mut r,
+            colend_platform::auth::Class::Bank,
+            None,
+            "colend-recon",
+        ),
+    }
+    r
+}
+
 fn client(endpoint: &str) -> anyhow::Result<ReconciliationServiceClient<Channel>> {
     Ok(ReconciliationServiceClient::new(channel(endpoint)?)
         .max_decoding_message_size(64 * 1024 * 1024)
@@ -362,7 +381,7 @@ async fn run_files(a: RunArgs) -> anyhow::Result<()> {
     let body = futures::stream::iter([start]).chain(futures::stream::select(bank, partner));
     let mut c = client(&a.endpoint)?;
     let run = c
-        .reconcile_stream(body)
+        .reconcile_stream(as_bank(body))
         .await
         .map_err(|s| status_error("reconcile", s))?
         .into_inner()
@@ -503,10 +522,10 @@ async fn export_breaks(
         "resolution_reason",
     ])?;
     let mut s = c
-        .stream_breaks(pb::StreamBreaksRequest {
+        .stream_breaks(as_bank(pb::StreamBreaksRequest {
             run_id: run_id.to_string(),
             filter: Some(filter),
-        })
+        }))
         .await
         .map_err(|s| status_error("breaks", s))?
         .into_inner();
@@ -561,9 +580,9 @@ async fn export_settlement(
         "owed",
     ])?;
     let mut s = c
-        .stream_settlement_lines(pb::StreamSettlementLinesRequest {
+        .stream_settlement_lines(as_bank(pb::StreamSettlementLinesRequest {
             run_id: run_id.to_string(),
-        })
+        }))
         .await
         .map_err(|s| status_error("settlement", s))?
         .into_inner();
@@ -638,14 +657,14 @@ async fn settlement(a: SettlementArgs) -> anyhow::Result<()> {
 async fn resolve(a: ResolveArgs) -> anyhow::Result<()> {
     let mut c = client(&a.endpoint)?;
     let b = c
-        .resolve_break(pb::ResolveBreakRequest {
+        .resolve_break(as_bank(pb::ResolveBreakRequest {
             request_id: a
                 .request_id
                 .unwrap_or_else(|| format!("resolve-{}", uuid::Uuid::now_v7().simple())),
             break_id: a.break_id,
             resolved_by: a.by,
             reason: a.reason,
-        })
+        }))
         .await
         .map_err(|s| status_error("resolve", s))?
         .into_inner()

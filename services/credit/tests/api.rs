@@ -1,7 +1,9 @@
 //! Credit API tests against a real server on port 0, on both backends.
 use colend_contracts::common::v1::{Money, RepaymentMethod};
 use colend_contracts::credit::v1::{self as pb, credit_service_client::CreditServiceClient};
-use colend_testkit::{BOTH, Backend, TestServer, as_bank, as_partner, reason, violated_fields};
+use colend_testkit::{
+    BOTH, Backend, TestServer, as_bank, as_partner, as_service, reason, violated_fields,
+};
 use tonic::Code;
 
 fn cny(m: i64) -> Option<Money> {
@@ -43,7 +45,7 @@ async fn scenario(backend: Backend) {
     colend_testkit::assert_serving(s.channel.clone(), colend_credit::SERVICE).await;
     let mut c = CreditServiceClient::new(s.channel.clone());
     let decide = |rid: &str, i: pb::DecisionInput| {
-        as_partner(
+        as_service(
             "p1",
             pb::DecideApplicationRequest {
                 request_id: rid.into(),

@@ -1,7 +1,10 @@
 //! Funding API tests against a real server on port 0, on both backends.
 use colend_contracts::common::v1::{Funder, Money, RepaymentMethod};
 use colend_contracts::funding::v1::{self as pb, funding_service_client::FundingServiceClient};
-use colend_testkit::{BOTH, Backend, TestServer, as_bank, as_partner, reason, violated_fields};
+use colend_testkit::{
+    BOTH, Backend, TestServer, as_bank, as_internal, as_partner, as_service, reason,
+    violated_fields,
+};
 use tonic::Code;
 
 fn cny(m: i64) -> Option<Money> {
@@ -102,7 +105,7 @@ async fn scenario(backend: Backend) {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&e), vec!["agreement.partner_share_bps"]);
     let e = c
-        .reserve_funding(as_partner("p1", reserve("p1", "x", 100)))
+        .reserve_funding(as_service("p1", reserve("p1", "x", 100)))
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "NO_AGREEMENT");
@@ -116,7 +119,7 @@ async fn scenario(backend: Backend) {
     .unwrap();
     // Rule C12: a partner that is not on the whitelist cannot reserve.
     let e = c
-        .reserve_funding(as_partner("p1", reserve("p1", "y", 100)))
+        .reserve_funding(as_service("p1", reserve("p1", "y", 100)))
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "NOT_WHITELISTED");
@@ -124,7 +127,7 @@ async fn scenario(backend: Backend) {
     let results = futures::future::join_all((0..200).map(|i| {
         let mut c = c.clone();
         async move {
-            c.reserve_funding(as_partner(
+            c.reserve_funding(as_service(
                 "p1",
                 reserve("p1", &format!("app{i}"), 10_000_000),
             ))
@@ -148,7 +151,7 @@ async fn scenario(backend: Backend) {
     }
     // A replayed reservation returns the same loan; a refused one stays refused.
     let again = c
-        .reserve_funding(as_partner(
+        .reserve_funding(as_service(
             "p1",
             reserve("p1", &ok[0].application_id, 10_000_000),
         ))
@@ -160,18 +163,18 @@ async fn scenario(backend: Backend) {
     assert_eq!(again.loan_id, ok[0].loan_id);
 
     // Releasing one frees room for exactly one more.
-    c.release_funding(as_bank(pb::ReleaseFundingRequest {
+    c.release_funding(as_internal(pb::ReleaseFundingRequest {
         request_id: "rel1".into(),
         loan_id: ok[1].loan_id.clone(),
         reason: "test".into(),
     }))
     .await
     .unwrap();
-    c.reserve_funding(as_partner("p1", reserve("p1", "late", 10_000_000)))
+    c.reserve_funding(as_service("p1", reserve("p1", "late", 10_000_000)))
         .await
         .unwrap();
     let e = c
-        .reserve_funding(as_partner("p1", reserve("p1", "later", 10_000_000)))
+        .reserve_funding(as_service("p1", reserve("p1", "later", 10_000_000)))
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "QUOTA_EXCEEDED");
@@ -189,11 +192,11 @@ async fn scenario(backend: Backend) {
     .unwrap();
     whitelist(&mut c, "p2").await;
     reference(&mut c, "ref-c2", 4 * 7_000_000, 10_000_000_000_000).await;
-    c.reserve_funding(as_partner("p2", reserve("p2", "c2-a", 10_000_000)))
+    c.reserve_funding(as_service("p2", reserve("p2", "c2-a", 10_000_000)))
         .await
         .unwrap();
     let e = c
-        .reserve_funding(as_partner("p2", reserve("p2", "c2-b", 10_000_000)))
+        .reserve_funding(as_service("p2", reserve("p2", "c2-b", 10_000_000)))
         .await
         .unwrap_err();
     assert_eq!(
@@ -211,11 +214,11 @@ async fn scenario(backend: Backend) {
     assert_eq!(m(&usage.partner_co_lent), 7_000_000);
     let all = m(&usage.co_lent_total);
     reference(&mut c, "ref-c3", 1_000_000_000_000, 2 * (all + 7_000_000)).await;
-    c.reserve_funding(as_partner("p2", reserve("p2", "c3-a", 10_000_000)))
+    c.reserve_funding(as_service("p2", reserve("p2", "c3-a", 10_000_000)))
         .await
         .unwrap();
     let e = c
-        .reserve_funding(as_partner("p2", reserve("p2", "c3-b", 10_000_000)))
+        .reserve_funding(as_service("p2", reserve("p2", "c3-b", 10_000_000)))
         .await
         .unwrap_err();
     assert_eq!(
@@ -355,7 +358,7 @@ async fn expiry(backend: Backend) {
     .await
     .unwrap();
     let loan = c
-        .reserve_funding(as_partner("p1", reserve("p1", "e1", 10_000_000)))
+        .reserve_funding(as_service("p1", reserve("p1", "e1", 10_000_000)))
         .await
         .unwrap()
         .into_inner()
@@ -363,7 +366,7 @@ async fn expiry(backend: Backend) {
         .unwrap();
     assert!(loan.reservation_expires_at.is_some());
     let e = c
-        .reserve_funding(as_partner("p1", reserve("p1", "e2", 10_000_000)))
+        .reserve_funding(as_service("p1", reserve("p1", "e2", 10_000_000)))
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "QUOTA_EXCEEDED");
@@ -393,7 +396,7 @@ async fn expiry(backend: Backend) {
         "the reservation expired"
     );
     // Its quota and the bank's C2/C3 room are back.
-    c.reserve_funding(as_partner("p1", reserve("p1", "e3", 10_000_000)))
+    c.reserve_funding(as_service("p1", reserve("p1", "e3", 10_000_000)))
         .await
         .unwrap();
     let usage = c
@@ -451,7 +454,7 @@ async fn expiry(backend: Backend) {
     .await
     .unwrap();
     let e = c
-        .reserve_funding(as_partner("p3", reserve("p3", "g1", 10_000_000)))
+        .reserve_funding(as_service("p3", reserve("p3", "g1", 10_000_000)))
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "NOT_WHITELISTED");
@@ -466,7 +469,7 @@ async fn expiry(backend: Backend) {
     }))
     .await
     .unwrap();
-    c.reserve_funding(as_partner("p3", reserve("p3", "g2", 10_000_000)))
+    c.reserve_funding(as_service("p3", reserve("p3", "g2", 10_000_000)))
         .await
         .unwrap();
     s.stop().await;
@@ -502,7 +505,7 @@ async fn servicing(backend: Backend) {
     .await
     .unwrap();
     let loan = c
-        .reserve_funding(as_partner("p1", reserve("p1", "s1", 12_000_000)))
+        .reserve_funding(as_service("p1", reserve("p1", "s1", 12_000_000)))
         .await
         .unwrap()
         .into_inner()

@@ -1,7 +1,7 @@
 //! KYC API tests against a real server on port 0, on both backends.
 use colend_contracts::kyc::v1::{self as pb, kyc_service_client::KycServiceClient};
 use colend_core::{CreditCode, ResidentId};
-use colend_testkit::{BOTH, Backend, TestServer, as_bank, as_partner, reason};
+use colend_testkit::{BOTH, Backend, TestServer, as_bank, as_partner, as_service, reason};
 use tonic::Code;
 
 async fn server(backend: Backend) -> TestServer {
@@ -48,7 +48,7 @@ async fn scenario(backend: Backend) {
 
     // A clean borrower passes; age and region come from the ID.
     let first = c
-        .check_borrower(as_partner(
+        .check_borrower(as_service(
             "p1",
             check("k1", "p1", "王伟", "福州恒通贸易有限公司"),
         ))
@@ -64,7 +64,7 @@ async fn scenario(backend: Backend) {
 
     // Replaying the request id returns the original result.
     let replay = c
-        .check_borrower(as_partner(
+        .check_borrower(as_service(
             "p1",
             check("k1", "p1", "王伟", "福州恒通贸易有限公司"),
         ))
@@ -77,7 +77,7 @@ async fn scenario(backend: Backend) {
 
     // A repeat check with a new request id is served from cache.
     let cached = c
-        .check_borrower(as_partner(
+        .check_borrower(as_service(
             "p1",
             check("k2", "p1", "王伟", "福州恒通贸易有限公司"),
         ))
@@ -91,7 +91,7 @@ async fn scenario(backend: Backend) {
 
     // The same request id with other content is refused.
     let e = c
-        .check_borrower(as_partner(
+        .check_borrower(as_service(
             "p1",
             check("k1", "p1", "王芳", "福州恒通贸易有限公司"),
         ))
@@ -110,7 +110,7 @@ async fn scenario(backend: Backend) {
     .await
     .unwrap();
     let hit = c
-        .check_borrower(as_partner(
+        .check_borrower(as_service(
             "p1",
             check("k3", "p1", "李娜", "Star-River Trading Limited"),
         ))
@@ -127,7 +127,7 @@ async fn scenario(backend: Backend) {
     let mut bad = check("k4", "p1", "赵敏", "x");
     bad.resident_id = "110105198001011230".into();
     let r = c
-        .check_borrower(as_partner("p1", bad))
+        .check_borrower(as_service("p1", bad))
         .await
         .unwrap()
         .into_inner()
@@ -159,8 +159,16 @@ async fn scenario(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(own.into_inner().check.unwrap().check_id, first.check_id);
+    // Checks are acquisition's to ask for: the bank core is refused; a
+    // call with no token is not authenticated.
     let e = c
         .check_borrower(as_bank(check("k5", "p1", "a", "b")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(reason(&e), "PERMISSION_DENIED");
+    let e = c
+        .check_borrower(colend_testkit::anonymous(check("k5", "p1", "a", "b")))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
@@ -168,7 +176,7 @@ async fn scenario(backend: Backend) {
 
     // Missing fields are reported field by field.
     let e = c
-        .check_borrower(as_partner(
+        .check_borrower(as_service(
             "p1",
             pb::CheckBorrowerRequest {
                 partner_id: "p1".into(),
@@ -235,7 +243,7 @@ async fn kyc_answers_when_redis_is_down() {
     let mut c = KycServiceClient::new(s.channel.clone());
     for rid in ["d1", "d2"] {
         let r = c
-            .check_borrower(as_partner(
+            .check_borrower(as_service(
                 "p1",
                 check(rid, "p1", "王伟", "福州恒通贸易有限公司"),
             ))
