@@ -90,6 +90,11 @@ async fn journey(backend: Backend) -> TestServer {
         funded as i64,
     )
     .await;
+    // Every service's audit chain holds after a concurrent demo.
+    let report = colend::audit_verify("all", &s.backends)
+        .await
+        .expect("audit chains intact");
+    assert_eq!(report.len(), 5, "{report:?}");
     s
 }
 

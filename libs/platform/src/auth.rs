@@ -416,6 +416,59 @@ pub fn allowed(class: Class, method: &str) -> bool {
         .any(|(m, classes)| *m == method && classes.contains(&class))
 }
 
+/// Calls a partner may make, per process: a token bucket per partner
+/// (`COLEND_PARTNER_RATE_LIMIT` calls a second, default 500, with bursts of
+/// `COLEND_PARTNER_RATE_BURST`, default twice that).
+pub struct RateLimiter {
+    per_sec: f64,
+    burst: f64,
+    buckets: Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(per_sec: f64, burst: f64) -> Self {
+        RateLimiter {
+            per_sec,
+            burst,
+            buckets: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Takes one call from `key`'s bucket, or says how long until one is free.
+    pub fn take(&self, key: &str) -> Result<(), std::time::Duration> {
+        let now = std::time::Instant::now();
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if b.len() > 100_000 {
+            // Forget idle partners rather than grow without bound.
+            b.retain(|_, (_, at)| now.duration_since(*at).as_secs() < 60);
+        }
+        let (tokens, at) = b.entry(key.to_string()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - *tokens) / self.per_sec;
+            Err(std::time::Duration::from_millis(
+                (wait * 1000.0).ceil() as u64
+            ))
+        }
+    }
+}
+
+fn limiter() -> &'static RateLimiter {
+    static L: OnceLock<RateLimiter> = OnceLock::new();
+    L.get_or_init(|| {
+        let per_sec: f64 =
+            crate::config::env_parse("COLEND_PARTNER_RATE_LIMIT", 500.0).unwrap_or(500.0);
+        let per_sec = if per_sec > 0.0 { per_sec } else { 500.0 };
+        let burst: f64 = crate::config::env_parse("COLEND_PARTNER_RATE_BURST", 2.0 * per_sec)
+            .unwrap_or(2.0 * per_sec);
+        RateLimiter::new(per_sec, burst.max(1.0))
+    })
+}
+
 /// The caller as the server layer established it (a request extension).
 #[derive(Clone, Debug)]
 pub struct Caller(pub Claims);
@@ -440,9 +493,16 @@ fn refuse<RB: Default>(e: ApiError) -> http::Response<RB> {
     tonic::Status::from(e).into_http()
 }
 
-/// The verdict on one request: the claims, or the refusal.
-pub fn check(headers: &http::HeaderMap, path: &str) -> Result<Claims, ApiError> {
+/// The verdict on one request: the claims, or the refusal (with the claims
+/// when the token was genuine).
+pub fn check(headers: &http::HeaderMap, path: &str) -> Result<Claims, (Option<Claims>, ApiError)> {
     let method = path.trim_start_matches('/');
+    let claims = authenticate(headers).map_err(|e| (None, e))?;
+    authorize(&claims, method).map_err(|e| (Some(claims.clone()), e))?;
+    Ok(claims)
+}
+
+fn authenticate(headers: &http::HeaderMap) -> Result<Claims, ApiError> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -454,16 +514,30 @@ pub fn check(headers: &http::HeaderMap, path: &str) -> Result<Claims, ApiError> 
             "a bearer token is required (authorization metadata)".into(),
         ));
     }
-    let claims = authority()
+    authority()
         .verify(token, now_secs())
-        .map_err(|why| ApiError::Unauthenticated(why.into()))?;
+        .map_err(|why| ApiError::Unauthenticated(why.into()))
+}
+
+fn authorize(claims: &Claims, method: &str) -> Result<(), ApiError> {
     if !allowed(claims.class, method) {
         return Err(ApiError::PermissionDenied(format!(
             "a {} caller may not call {method}",
             claims.class.name()
         )));
     }
-    Ok(claims)
+    if let (Class::Partner, Some(p)) = (claims.class, &claims.partner_id)
+        && let Err(retry_after) = limiter().take(p)
+    {
+        return Err(ApiError::RateLimited {
+            retry_after,
+            message: format!(
+                "too many calls from partner {p}: retry in {} ms",
+                retry_after.as_millis()
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for Auth<S>
@@ -487,8 +561,13 @@ where
             return Box::pin(self.inner.call(req));
         }
         match check(req.headers(), &path) {
-            Err(e) => {
+            Err((claims, e)) => {
                 tracing::info!(rpc = %path, reason = e.reason(), "call refused");
+                crate::audit::denied(
+                    path.trim_start_matches('/'),
+                    claims.as_ref(),
+                    &e.to_string(),
+                );
                 Box::pin(async move { Ok(refuse(e)) })
             }
             Ok(claims) => {
@@ -508,8 +587,10 @@ where
                     }
                     Class::Internal => {}
                 }
-                req.extensions_mut().insert(Caller(claims));
-                Box::pin(self.inner.call(req))
+                req.extensions_mut().insert(Caller(claims.clone()));
+                let method = path.trim_start_matches('/').to_string();
+                let fut = self.inner.call(req);
+                Box::pin(crate::audit::CURRENT.scope((claims, method), fut))
             }
         }
     }
@@ -559,6 +640,18 @@ mod tests {
         );
         assert!(Authority::parse("k1:short", None).is_err());
         assert!(Authority::parse(&format!("k1:{s1}"), Some("k9")).is_err());
+    }
+
+    #[test]
+    fn buckets_refill_at_the_rate() {
+        let l = RateLimiter::new(10.0, 2.0);
+        assert!(l.take("a").is_ok() && l.take("a").is_ok());
+        let wait = l.take("a").unwrap_err();
+        assert!(wait.as_millis() > 0 && wait.as_millis() <= 100, "{wait:?}");
+        // Another partner has its own bucket.
+        assert!(l.take("b").is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        assert!(l.take("a").is_ok());
     }
 
     #[test]

@@ -51,6 +51,12 @@ pub enum ApiError {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// Too many calls; retry after the delay (sent as google.rpc.RetryInfo).
+    #[error("{message}")]
+    RateLimited {
+        retry_after: std::time::Duration,
+        message: String,
+    },
     #[error("{service} is unavailable: {message}")]
     Dependency { service: String, message: String },
     #[error("internal error")]
@@ -98,6 +104,7 @@ impl ApiError {
             ApiError::NotWhitelisted(_) => "NOT_WHITELISTED",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::PermissionDenied(_) => "PERMISSION_DENIED",
+            ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Dependency { .. } => "DEPENDENCY_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
         }
@@ -116,6 +123,7 @@ impl ApiError {
             ApiError::NotWhitelisted(_) => Code::FailedPrecondition,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::RateLimited { .. } => Code::ResourceExhausted,
             ApiError::Dependency { .. } => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         }
@@ -139,6 +147,9 @@ impl From<ApiError> for Status {
             for f in v {
                 details.add_bad_request_violation(f.field.clone(), f.description.clone());
             }
+        }
+        if let ApiError::RateLimited { retry_after, .. } = &e {
+            details.set_retry_info(Some(*retry_after));
         }
         if let ApiError::Internal(cause) = &e {
             // The cause chain stays in the logs; the caller gets a generic message.

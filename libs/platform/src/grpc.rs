@@ -48,10 +48,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(colend_contracts::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    routes
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    routes.add_service(health_service);
+    // Reflection helps a developer with grpcurl; the production
+    // configuration turns it off (COLEND_REFLECTION=false).
+    if crate::config::env_parse("COLEND_REFLECTION", true)? {
+        routes
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+    }
     for n in &names {
         health
             .set_service_status(*n, tonic_health::ServingStatus::Serving)
@@ -148,6 +152,11 @@ pub fn channel(url: &str) -> anyhow::Result<Channel> {
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .connect_lazy())
 }
+
+/// Largest request a service decodes (reconciliation's batches excepted).
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Largest response a service encodes.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// HTTP/2 flow-control windows of every server and channel.
 pub const STREAM_WINDOW: u32 = 4 << 20;

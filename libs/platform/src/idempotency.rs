@@ -111,6 +111,8 @@ where
     F: for<'t> FnOnce(&'t mut AnyConnection) -> BoxFuture<'t, ApiResult<M>> + Send + 'static,
 {
     let db = db.clone();
+    // Who is calling, for the audit log (the work below runs in its own task).
+    let caller = crate::audit::current();
     let span = tracing::info_span!(
         "db.transaction",
         otel.kind = "client",
@@ -119,7 +121,7 @@ where
         db.operation = %scope.split(':').next().unwrap_or(""),
     );
     tokio::spawn(tracing::Instrument::instrument(
-        async move { run_inner(db, scope, request_id, hash, effect).await },
+        async move { run_inner(db, scope, request_id, hash, effect, caller).await },
         span,
     ))
     .await
@@ -132,6 +134,7 @@ async fn run_inner<M, F>(
     request_id: String,
     hash: String,
     effect: F,
+    caller: Option<(crate::auth::Claims, String)>,
 ) -> ApiResult<M>
 where
     M: Message + Default + 'static,
@@ -172,6 +175,9 @@ where
     }
     match effect(&mut tx).await {
         Ok(resp) => {
+            let entry =
+                crate::audit::Entry::for_call(caller.as_ref(), &scope, &request_id, "ALLOWED", "");
+            crate::audit::append(&mut tx, &entry).await?;
             sqlx::query(
                 "UPDATE idempotency_keys SET outcome = 'ok', response = $1 WHERE scope = $2 AND request_id = $3",
             )
@@ -197,6 +203,14 @@ where
                 .bind(now)
                 .execute(&db.pool)
                 .await?;
+                let entry = crate::audit::Entry::for_call(
+                    caller.as_ref(),
+                    &scope,
+                    &request_id,
+                    "REFUSED",
+                    &format!("{}: {e}", e.reason()),
+                );
+                crate::audit::append_alone(&db, &entry).await?;
             }
             Err(e)
         }

@@ -5,6 +5,7 @@
 //! deadlines, the error model (`google.rpc.ErrorInfo` on every status),
 //! storage on PostgreSQL or SQLite, a cache on Redis or in process, and
 //! idempotency by client request id.
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod caller;

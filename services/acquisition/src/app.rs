@@ -68,17 +68,16 @@ pub async fn load(
     application_id: &str,
     partner_id: Option<&str>,
 ) -> ApiResult<Option<pb::Application>> {
+    // Scoped to the calling partner in the query itself (None: colend's own use).
     let row = sqlx::query(&format!(
-        "SELECT {APP_COLS} FROM applications WHERE application_id = $1"
+        "SELECT {APP_COLS} FROM applications WHERE application_id = $1 AND ($2 = '' OR partner_id = $2)"
     ))
     .bind(application_id)
+    .bind(partner_id.unwrap_or(""))
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(None) };
     let mut app = application_of(&row);
-    if partner_id.is_some_and(|p| p != app.partner_id) {
-        return Ok(None);
-    }
     let events = sqlx::query(
         "SELECT status, occurred_at, detail, reason_codes FROM application_events WHERE application_id = $1 ORDER BY event_id",
     )
@@ -135,6 +134,9 @@ pub struct Acquisition {
     key: BlindIndexKey,
     sealer: Sealer,
     journey: Journey,
+    /// Most applications one borrower (resident ID) may make in 24 hours,
+    /// across partners (`COLEND_BORROWER_DAILY_APPLICATIONS`, default 5).
+    velocity: i64,
 }
 
 /// Context bound to the sealed submission (personal data inside).
@@ -147,6 +149,12 @@ impl Acquisition {
             key,
             sealer,
             journey,
+            velocity: colend_platform::config::env_parse(
+                "COLEND_BORROWER_DAILY_APPLICATIONS",
+                5i64,
+            )
+            .unwrap_or(5)
+            .max(1),
         }
     }
 
@@ -176,8 +184,26 @@ impl Acquisition {
             .map_err(ApiError::Internal)?;
         let scope = format!("SubmitApplication:{partner_id}");
         let request_id = r.request_id.clone();
+        let velocity = self.velocity;
         let app = idempotency::run(&self.db, scope, request_id, hash, move |tx| {
             Box::pin(async move {
+                // Velocity: a borrower applying again and again, at one
+                // partner or across several, is stopped for the day.
+                let (recent,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM applications WHERE person_key = $1 AND created_at > $2",
+                )
+                .bind(&person_key)
+                .bind(now_millis() - 86_400_000)
+                .fetch_one(&mut *tx)
+                .await?;
+                if recent >= velocity {
+                    return Err(ApiError::limit(
+                        "BORROWER_VELOCITY",
+                        format!(
+                            "the borrower has made {recent} applications in the last 24 hours (at most {velocity})"
+                        ),
+                    ));
+                }
                 let id = format!("app_{}", uuid::Uuid::now_v7().simple());
                 for key in [&person_key, &business_key] {
                     let claimed = sqlx::query(

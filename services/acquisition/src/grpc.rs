@@ -15,7 +15,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 pub fn server(app: Acquisition) -> AcquisitionServiceServer<AcquisitionGrpc> {
+    // Requests are small: anything above 1 MiB is refused before decoding.
     AcquisitionServiceServer::new(AcquisitionGrpc { app })
+        .max_decoding_message_size(colend_platform::grpc::MAX_REQUEST_BYTES)
+        .max_encoding_message_size(colend_platform::grpc::MAX_RESPONSE_BYTES)
 }
 
 pub struct AcquisitionGrpc {

@@ -14,6 +14,14 @@ pub const SERVICE: &str = "colend.acquisition.v1.AcquisitionService";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// This service's database (migrated when `COLEND_MIGRATE_ON_START` allows),
+/// for tools such as `colend audit verify`.
+pub async fn connect(
+    backends: &colend_platform::config::Backends,
+) -> anyhow::Result<colend_platform::Db> {
+    colend_platform::Db::connect(backends, "acquisition", &MIGRATOR).await
+}
+
 /// Runs this service's migrations (a Kubernetes migration Job).
 pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Result<()> {
     colend_platform::Db::migrate(backends, "acquisition", &MIGRATOR).await
@@ -22,6 +30,7 @@ pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Re
 /// Connects storage, resumes unfinished journeys, and returns the service.
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "acquisition", &MIGRATOR).await?;
+    colend_platform::audit::register(SERVICE, &db);
     colend_platform::idempotency::spawn_retention(&db)?;
     let journey = journey::Journey::new(db.clone(), &mesh)?;
     let app = app::Acquisition::new(

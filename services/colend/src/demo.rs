@@ -214,8 +214,21 @@ fn status_name(s: i32) -> String {
 }
 
 fn submission(c: &Clients, i: usize, b: &Borrower, attempt: &str) -> acq::SubmitApplicationRequest {
+    application(
+        format!("demo-{}-{i}{attempt}", c.run),
+        format!("risk-{}-{i}{attempt}", c.run),
+        b,
+    )
+}
+
+/// A partner's submission for borrower `b`.
+pub fn application(
+    request_id: String,
+    reference: String,
+    b: &Borrower,
+) -> acq::SubmitApplicationRequest {
     acq::SubmitApplicationRequest {
-        request_id: format!("demo-{}-{i}{attempt}", c.run),
+        request_id,
         business: Some(acq::Business {
             name: b.business_name.clone(),
             credit_code: b.credit_code.clone(),
@@ -252,7 +265,7 @@ fn submission(c: &Clients, i: usize, b: &Borrower, attempt: &str) -> acq::Submit
         }),
         partner_decision: Some(acq::PartnerDecision {
             approved: true,
-            reference: format!("risk-{}-{i}{attempt}", c.run),
+            reference,
         }),
     }
 }

@@ -63,6 +63,45 @@ pub async fn health(endpoint: &str, services: Vec<String>, wait_secs: u64) -> an
 }
 
 /// Runs one service's migrations (or all five for "all") and returns.
+/// Verifies each named service's audit chain (or all); one line per
+/// service. Fails naming the first row that does not hold.
+pub async fn audit_verify(name: &str, backends: &Backends) -> anyhow::Result<Vec<String>> {
+    use colend_platform::audit::{Verdict, verify};
+    let names: Vec<&str> = if name == "all" {
+        SERVICES.to_vec()
+    } else {
+        vec![name]
+    };
+    let mut report = Vec::new();
+    let mut broken = Vec::new();
+    for n in names {
+        let db = match n {
+            "acquisition" => colend_acquisition::connect(backends).await?,
+            "kyc" => colend_kyc::connect(backends).await?,
+            "credit" => colend_credit::connect(backends).await?,
+            "funding" => colend_funding::connect(backends).await?,
+            "reconciliation" => colend_reconciliation::connect(backends).await?,
+            other => anyhow::bail!(
+                "unknown service {other:?}; one of {} or all",
+                SERVICES.join(", ")
+            ),
+        };
+        match verify(&db).await.map_err(|e| anyhow::anyhow!("{n}: {e}"))? {
+            Verdict::Intact(rows) => report.push(format!("{n}: audit chain intact, {rows} rows")),
+            Verdict::Broken { seq, why } => {
+                let line = format!("{n}: audit chain broken at row {seq}: {why}");
+                report.push(line.clone());
+                broken.push(line);
+            }
+        }
+    }
+    if broken.is_empty() {
+        Ok(report)
+    } else {
+        anyhow::bail!("{}", report.join("\n"))
+    }
+}
+
 pub async fn migrate(name: &str, backends: &Backends) -> anyhow::Result<()> {
     let names: Vec<&str> = if name == "all" {
         SERVICES.to_vec()

@@ -68,6 +68,22 @@ enum Command {
     /// when unset, the development key `colend up` uses).
     #[command(subcommand)]
     Credentials(CredentialsCommand),
+    /// Verifies the audit log's hash chain of a service (or all); exits
+    /// non-zero and names the first tampered row when one does not hold.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    Verify {
+        /// acquisition, kyc, credit, funding, reconciliation, or all.
+        service: String,
+        #[arg(long, env = "COLEND_DATA_DIR", default_value = "./colend-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +163,16 @@ async fn main() -> anyhow::Result<()> {
             colend::demo::run(args).await
         }
         Command::Recon(cmd) => colend::recon::run(cmd).await,
+        Command::Audit {
+            command: AuditCommand::Verify { service, data_dir },
+        } => {
+            let mut backends = Backends::from_env();
+            backends.data_dir = data_dir;
+            for line in colend::audit_verify(&service, &backends).await? {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Credentials(CredentialsCommand::Issue {
             class,
             partner_id,

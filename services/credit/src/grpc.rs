@@ -11,7 +11,10 @@ use colend_platform::{Amount, ApiError, Violations, caller};
 use tonic::{Request, Response, Status};
 
 pub fn server(app: Credit) -> CreditServiceServer<CreditGrpc> {
+    // Requests are small: anything above 1 MiB is refused before decoding.
     CreditServiceServer::new(CreditGrpc { app })
+        .max_decoding_message_size(colend_platform::grpc::MAX_REQUEST_BYTES)
+        .max_encoding_message_size(colend_platform::grpc::MAX_RESPONSE_BYTES)
 }
 
 pub struct CreditGrpc {

@@ -13,6 +13,14 @@ pub const SERVICE: &str = "colend.credit.v1.CreditService";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// This service's database (migrated when `COLEND_MIGRATE_ON_START` allows),
+/// for tools such as `colend audit verify`.
+pub async fn connect(
+    backends: &colend_platform::config::Backends,
+) -> anyhow::Result<colend_platform::Db> {
+    colend_platform::Db::connect(backends, "credit", &MIGRATOR).await
+}
+
 /// Runs this service's migrations (a Kubernetes migration Job).
 pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Result<()> {
     colend_platform::Db::migrate(backends, "credit", &MIGRATOR).await
@@ -22,6 +30,7 @@ pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Re
 /// policy when none exists, and returns the service ready to serve.
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "credit", &MIGRATOR).await?;
+    colend_platform::audit::register(SERVICE, &db);
     colend_platform::idempotency::spawn_retention(&db)?;
     let app = app::Credit::new(db, mesh.cache.clone());
     app.ensure_policy(domain::Policy::from_env()?).await?;

@@ -1545,9 +1545,17 @@ impl Funding {
     /// A loan of the calling partner, with schedule and repayments.
     pub async fn get_loan(&self, partner_id: &str, loan_id: &str) -> ApiResult<pb::Loan> {
         let mut conn = self.db.pool.acquire().await?;
-        let l = load_loan(&mut conn, loan_id)
-            .await?
-            .filter(|l| l.partner_id == partner_id)
+        // Scoped to the calling partner in the query itself.
+        let row = sqlx::query(&format!(
+            "SELECT {LOAN_COLS} FROM loans WHERE loan_id = $1 AND partner_id = $2"
+        ))
+        .bind(loan_id)
+        .bind(partner_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let l = row
+            .as_ref()
+            .map(loan_row)
             .ok_or_else(|| ApiError::NotFound("loan".into()))?;
         let (sched, _) = load_schedule(&mut conn, loan_id).await?;
         let reps = load_repayments(&mut conn, loan_id).await?;

@@ -13,6 +13,14 @@ pub const SERVICE: &str = "colend.funding.v1.FundingService";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// This service's database (migrated when `COLEND_MIGRATE_ON_START` allows),
+/// for tools such as `colend audit verify`.
+pub async fn connect(
+    backends: &colend_platform::config::Backends,
+) -> anyhow::Result<colend_platform::Db> {
+    colend_platform::Db::connect(backends, "funding", &MIGRATOR).await
+}
+
 /// Runs this service's migrations (a Kubernetes migration Job).
 pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Result<()> {
     colend_platform::Db::migrate(backends, "funding", &MIGRATOR).await
@@ -25,6 +33,7 @@ pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
 /// `register` with the settings given rather than read from the environment.
 pub async fn register_with(mesh: Mesh, settings: app::Settings) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "funding", &MIGRATOR).await?;
+    colend_platform::audit::register(SERVICE, &db);
     colend_platform::idempotency::spawn_retention(&db)?;
     let acquisition = colend_platform::grpc::channel(&mesh.endpoints.acquisition)?;
     let app = app::Funding::new(

@@ -9,7 +9,10 @@ use colend_platform::{ApiError, Violations, caller, paging};
 use tonic::{Request, Response, Status};
 
 pub fn server(app: Kyc) -> KycServiceServer<KycGrpc> {
+    // Requests are small: anything above 1 MiB is refused before decoding.
     KycServiceServer::new(KycGrpc { app })
+        .max_decoding_message_size(colend_platform::grpc::MAX_REQUEST_BYTES)
+        .max_encoding_message_size(colend_platform::grpc::MAX_RESPONSE_BYTES)
 }
 
 pub struct KycGrpc {

@@ -13,6 +13,14 @@ pub const SERVICE: &str = "colend.kyc.v1.KycService";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// This service's database (migrated when `COLEND_MIGRATE_ON_START` allows),
+/// for tools such as `colend audit verify`.
+pub async fn connect(
+    backends: &colend_platform::config::Backends,
+) -> anyhow::Result<colend_platform::Db> {
+    colend_platform::Db::connect(backends, "kyc", &MIGRATOR).await
+}
+
 /// Runs this service's migrations (a Kubernetes migration Job).
 pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Result<()> {
     colend_platform::Db::migrate(backends, "kyc", &MIGRATOR).await
@@ -21,6 +29,7 @@ pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Re
 /// Connects storage, runs migrations, and returns the service ready to serve.
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "kyc", &MIGRATOR).await?;
+    colend_platform::audit::register(SERVICE, &db);
     colend_platform::idempotency::spawn_retention(&db)?;
     let app = app::Kyc::new(
         db,

@@ -11,6 +11,14 @@ pub const SERVICE: &str = "colend.reconciliation.v1.ReconciliationService";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// This service's database (migrated when `COLEND_MIGRATE_ON_START` allows),
+/// for tools such as `colend audit verify`.
+pub async fn connect(
+    backends: &colend_platform::config::Backends,
+) -> anyhow::Result<colend_platform::Db> {
+    colend_platform::Db::connect(backends, "reconciliation", &MIGRATOR).await
+}
+
 /// Runs this service's migrations (a Kubernetes migration Job).
 pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Result<()> {
     colend_platform::Db::migrate(backends, "reconciliation", &MIGRATOR).await
@@ -18,6 +26,7 @@ pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Re
 
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "reconciliation", &MIGRATOR).await?;
+    colend_platform::audit::register(SERVICE, &db);
     colend_platform::idempotency::spawn_retention(&db)?;
     let ledger = app::funding_ledger(
         colend_platform::grpc::traced_channel(&mesh.endpoints.funding)?,

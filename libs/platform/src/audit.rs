@@ -1,0 +1,278 @@
+//! The audit log: append-only and hash-chained, one per service schema.
+//!
+//! Every mutating call that takes effect is recorded in the same transaction
+//! as the effect (by [`crate::idempotency::run`]); business refusals and
+//! calls the authorization layer turns away are recorded too. A row says
+//! who (caller class, subject, partner), what (the RPC), which resource (the
+//! idempotency scope and request id), the outcome and why, and the trace id.
+//! Each row's hash covers the previous row's hash and its own fields, so
+//! changing, removing or inserting a row breaks the chain from there on;
+//! [`verify`] (`colend audit verify <service>`) reports the first row that
+//! does not hold.
+use crate::auth::Claims;
+use crate::db::Db;
+use crate::error::ApiResult;
+use sha2::{Digest, Sha256};
+use sqlx::{AnyConnection, Row};
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
+
+/// One audit row before it is chained.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub at: i64,
+    pub caller_class: String,
+    pub caller_subject: String,
+    pub partner_id: String,
+    pub action: String,
+    pub resource: String,
+    pub request_id: String,
+    /// ALLOWED, REFUSED (a business refusal) or DENIED (not authorized).
+    pub outcome: String,
+    pub reason: String,
+    pub trace_id: String,
+}
+
+tokio::task_local! {
+    /// The caller and RPC of the call being served (set by the auth layer).
+    pub static CURRENT: (Claims, String);
+}
+
+/// The caller and RPC of the call being served, if any.
+pub fn current() -> Option<(Claims, String)> {
+    CURRENT.try_with(|c| c.clone()).ok()
+}
+
+fn trace_id() -> String {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        sc.trace_id().to_string()
+    } else {
+        String::new()
+    }
+}
+
+impl Entry {
+    /// An entry for the call being served.
+    pub fn for_call(
+        caller: Option<&(Claims, String)>,
+        resource: &str,
+        request_id: &str,
+        outcome: &str,
+        reason: &str,
+    ) -> Entry {
+        let (class, subject, partner, action) = match caller {
+            Some((c, m)) => (
+                c.class.name().to_string(),
+                c.subject.clone(),
+                c.partner_id.clone().unwrap_or_default(),
+                m.clone(),
+            ),
+            None => (
+                "internal".into(),
+                "in-process".into(),
+                String::new(),
+                resource.split(':').next().unwrap_or("").to_string(),
+            ),
+        };
+        Entry {
+            at: crate::time::now_millis(),
+            caller_class: class,
+            caller_subject: subject,
+            partner_id: partner,
+            action,
+            resource: resource.to_string(),
+            request_id: request_id.to_string(),
+            outcome: outcome.to_string(),
+            reason: reason.to_string(),
+            trace_id: trace_id(),
+        }
+    }
+
+    fn digest(&self, seq: i64, prev: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(prev.as_bytes());
+        h.update(seq.to_le_bytes());
+        h.update(self.at.to_le_bytes());
+        for f in [
+            &self.caller_class,
+            &self.caller_subject,
+            &self.partner_id,
+            &self.action,
+            &self.resource,
+            &self.request_id,
+            &self.outcome,
+            &self.reason,
+            &self.trace_id,
+        ] {
+            h.update((f.len() as u64).to_le_bytes());
+            h.update(f.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// Appends `e` in the caller's transaction. Appends are serialized on the
+/// chain's head row, so the chain has no forks.
+pub async fn append(tx: &mut AnyConnection, e: &Entry) -> ApiResult<()> {
+    sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1")
+        .execute(&mut *tx)
+        .await?;
+    let (seq, prev): (i64, String) =
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+    let hash = e.digest(seq, &prev);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, caller_class, caller_subject, partner_id, action, resource, request_id, \
+         outcome, reason, trace_id, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(seq)
+    .bind(e.at)
+    .bind(&e.caller_class)
+    .bind(&e.caller_subject)
+    .bind(&e.partner_id)
+    .bind(&e.action)
+    .bind(&e.resource)
+    .bind(&e.request_id)
+    .bind(&e.outcome)
+    .bind(&e.reason)
+    .bind(&e.trace_id)
+    .bind(&prev)
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(&hash)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Appends `e` in a transaction of its own.
+pub async fn append_alone(db: &Db, e: &Entry) -> ApiResult<()> {
+    let mut tx = db.pool.begin().await?;
+    append(&mut tx, e).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The result of checking a chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every row holds; this many rows.
+    Intact(i64),
+    /// The first row that does not hold, and why.
+    Broken { seq: i64, why: String },
+}
+
+/// Walks the chain from the first row.
+pub async fn verify(db: &Db) -> ApiResult<Verdict> {
+    let rows = sqlx::query(
+        "SELECT seq, at, caller_class, caller_subject, partner_id, action, resource, request_id, outcome, reason, \
+         trace_id, prev_hash, hash FROM audit_log ORDER BY seq",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    let mut prev = String::new();
+    let mut expected_seq = 1i64;
+    for r in &rows {
+        let seq: i64 = r.get(0);
+        let e = Entry {
+            at: r.get(1),
+            caller_class: r.get(2),
+            caller_subject: r.get(3),
+            partner_id: r.get(4),
+            action: r.get(5),
+            resource: r.get(6),
+            request_id: r.get(7),
+            outcome: r.get(8),
+            reason: r.get(9),
+            trace_id: r.get(10),
+        };
+        let (stored_prev, stored_hash): (String, String) = (r.get(11), r.get(12));
+        if seq != expected_seq {
+            return Ok(Verdict::Broken {
+                seq: expected_seq,
+                why: format!("row {expected_seq} is missing (next is {seq})"),
+            });
+        }
+        if stored_prev != prev {
+            return Ok(Verdict::Broken {
+                seq,
+                why: "it does not follow the previous row".into(),
+            });
+        }
+        if e.digest(seq, &prev) != stored_hash {
+            return Ok(Verdict::Broken {
+                seq,
+                why: "its contents were changed".into(),
+            });
+        }
+        prev = stored_hash;
+        expected_seq += 1;
+    }
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_optional(&db.pool)
+            .await?;
+    if let Some((seq, hash)) = head
+        && (seq != expected_seq - 1 || hash != prev)
+    {
+        return Ok(Verdict::Broken {
+            seq: expected_seq,
+            why: format!(
+                "the chain ends at row {} but its head says {seq}",
+                expected_seq - 1
+            ),
+        });
+    }
+    Ok(Verdict::Intact(rows.len() as i64))
+}
+
+/// Where each service records refusals made before its handler runs.
+fn sinks() -> &'static RwLock<HashMap<String, Db>> {
+    static S: OnceLock<RwLock<HashMap<String, Db>>> = OnceLock::new();
+    S.get_or_init(|| RwLock::new(HashMap::new()))
+}
+
+/// Registers `service`'s (e.g. "colend.funding.v1.FundingService") log for
+/// denials.
+pub fn register(service: &str, db: &Db) {
+    if let Ok(mut m) = sinks().write() {
+        m.insert(service.to_string(), db.clone());
+    }
+}
+
+/// Records a call the authorization layer turned away (in the background).
+pub fn denied(method: &str, claims: Option<&Claims>, reason: &str) {
+    let service = method.split('/').next().unwrap_or("");
+    let Some(db) = sinks().read().ok().and_then(|m| m.get(service).cloned()) else {
+        return;
+    };
+    let e = Entry {
+        at: crate::time::now_millis(),
+        caller_class: claims
+            .map(|c| c.class.name())
+            .unwrap_or("anonymous")
+            .to_string(),
+        caller_subject: claims.map(|c| c.subject.clone()).unwrap_or_default(),
+        partner_id: claims
+            .and_then(|c| c.partner_id.clone())
+            .unwrap_or_default(),
+        action: method.to_string(),
+        resource: String::new(),
+        request_id: String::new(),
+        outcome: "DENIED".into(),
+        reason: reason.to_string(),
+        trace_id: trace_id(),
+    };
+    tokio::spawn(async move {
+        if let Err(err) = append_alone(&db, &e).await {
+            tracing::warn!(error = %err, "could not record a denied call");
+        }
+    });
+}
