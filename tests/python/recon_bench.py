@@ -144,6 +144,8 @@ def main():
         env = dict(os.environ, RUST_LOG="warn")
         if a.postgres:
             env["DATABASE_URL"] = a.postgres
+            # `colend recon run` signs with the development key: the service must know it.
+            env.setdefault("COLEND_AUTH_KEYS", "dev:colend-development-auth-key-not-for-production-use")
         server = subprocess.Popen([a.colend, "serve", "reconciliation", "--listen", f"127.0.0.1:{port}",
                                    "--data-dir", data], env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)

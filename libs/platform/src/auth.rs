@@ -116,6 +116,7 @@ impl Authority {
     }
 
     /// `id:secret,id:secret`; `current` names the signing key (default: the first).
+    /// `dev:<DEV_AUTH_KEY>` is the development key, named explicitly.
     pub fn parse(spec: &str, current: Option<&str>) -> anyhow::Result<Authority> {
         let mut keys = BTreeMap::new();
         let mut first = None;
@@ -282,12 +283,25 @@ pub fn authority() -> &'static Authority {
     })
 }
 
-/// Validates the auth configuration at start-up (fails fast on a malformed
-/// key list) and warns when production storage runs on the development key.
+/// Validates the auth configuration at start-up: a malformed key list, or
+/// production storage (`production`: a `DATABASE_URL`) without
+/// `COLEND_AUTH_KEYS`, stops the process. Running production storage on the
+/// published development key takes naming it explicitly
+/// (`COLEND_AUTH_KEYS=dev:<DEV_AUTH_KEY>`), and is warned about.
 pub fn init(production: bool) -> anyhow::Result<()> {
     let a = Authority::from_env()?;
     if production && a.is_development() {
-        tracing::warn!("COLEND_AUTH_KEYS is not set: tokens are signed with the development key");
+        anyhow::bail!(
+            "COLEND_AUTH_KEYS is required with DATABASE_URL: the keys that sign callers' tokens \
+             (id:secret, 32 bytes or more; see k8s/README.md)"
+        );
+    }
+    if production
+        && a.keys
+            .get(DEV_KEY_ID)
+            .is_some_and(|k| k == DEV_AUTH_KEY.as_bytes())
+    {
+        tracing::warn!("COLEND_AUTH_KEYS holds the published development key");
     }
     let _ = authority();
     Ok(())

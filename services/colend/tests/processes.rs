@@ -45,6 +45,11 @@ async fn five_processes_on_postgres_and_redis() {
         ])
         .env("DATABASE_URL", &database_url)
         .env("REDIS_URL", &redis_url)
+        // This test process signs with the development key: name it.
+        .env(
+            "COLEND_AUTH_KEYS",
+            format!("dev:{}", colend_platform::auth::DEV_AUTH_KEY),
+        )
         .env("COLEND_CACHE_PREFIX", &prefix)
         .env("COLEND_DATA_DIR", &dir.0)
         .env("RUST_LOG", "warn")
