@@ -20,7 +20,11 @@ use colend_platform::grpc::{TracedChannel, traced_channel};
 /// A call as the partner (`Some`) or as the bank core (`None`), with a
 /// token signed by this process's key (`COLEND_AUTH_KEYS`, or the
 /// development key that `colend up` also uses).
-fn request<T>(message: T, timeout: Duration, partner: Option<&str>) -> tonic::Request<T> {
+pub(crate) fn request<T>(
+    message: T,
+    timeout: Duration,
+    partner: Option<&str>,
+) -> tonic::Request<T> {
     let mut r = colend_platform::grpc::request(message, timeout, partner);
     match partner {
         Some(p) => sign_request(&mut r, Class::Partner, Some(p), p),
@@ -85,13 +89,13 @@ fn minor(m: &Option<Money>) -> i64 {
 }
 
 #[derive(Clone)]
-struct Clients {
-    acquisition: AcquisitionServiceClient<TracedChannel>,
-    funding: FundingServiceClient<TracedChannel>,
-    kyc: KycServiceClient<TracedChannel>,
-    recon: ReconciliationServiceClient<TracedChannel>,
-    partner: String,
-    run: String,
+pub(crate) struct Clients {
+    pub(crate) acquisition: AcquisitionServiceClient<TracedChannel>,
+    pub(crate) funding: FundingServiceClient<TracedChannel>,
+    pub(crate) kyc: KycServiceClient<TracedChannel>,
+    pub(crate) recon: ReconciliationServiceClient<TracedChannel>,
+    pub(crate) partner: String,
+    pub(crate) run: String,
 }
 
 /// One side's record, as the demo collects it.
@@ -203,7 +207,7 @@ fn reason_of(s: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
-fn status_name(s: i32) -> String {
+pub(crate) fn status_name(s: i32) -> String {
     acq::ApplicationStatus::try_from(s)
         .map(|x| {
             x.as_str_name()
@@ -512,7 +516,7 @@ async fn wait_for(c: &Clients, application_id: &str, statuses: &[&str]) -> Strin
 }
 
 /// Follows an application until funds are reserved or it ends.
-async fn watch(c: &Clients, app: acq::Application) -> Result<acq::Application, String> {
+pub(crate) async fn watch(c: &Clients, app: acq::Application) -> Result<acq::Application, String> {
     let mut acqc = c.acquisition.clone();
     let watched = tokio::time::timeout(Duration::from_secs(60), async {
         let mut stream = acqc
@@ -546,7 +550,7 @@ async fn watch(c: &Clients, app: acq::Application) -> Result<acq::Application, S
     }
 }
 
-async fn setup(c: &Clients, share_bps: i32) -> anyhow::Result<()> {
+pub(crate) async fn setup(c: &Clients, share_bps: i32) -> anyhow::Result<()> {
     let mut f = c.funding.clone();
     // The partner goes on the bank's whitelist (rule C12).
     f.whitelist_institution(request(

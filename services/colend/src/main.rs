@@ -64,6 +64,9 @@ enum Command {
     /// resolves breaks, generates test files.
     #[command(subcommand)]
     Recon(colend::recon::ReconCommand),
+    /// Load harness: drives the whole journey at a fixed rate or at maximum
+    /// and reports throughput and latency beside a no-op call's ceiling.
+    Bench(colend::bench::BenchArgs),
     /// Issues credentials: bearer tokens signed with COLEND_AUTH_KEYS (or,
     /// when unset, the development key `colend up` uses).
     #[command(subcommand)]
@@ -163,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
             colend::demo::run(args).await
         }
         Command::Recon(cmd) => colend::recon::run(cmd).await,
+        Command::Bench(args) => colend::bench::run(args).await,
         Command::Audit {
             command: AuditCommand::Verify { service, data_dir },
         } => {
