@@ -10,83 +10,16 @@ use colend_contracts::credit::v1::{self as credit, credit_service_client::Credit
 use colend_contracts::funding::v1::{self as fund, funding_service_client::FundingServiceClient};
 use colend_contracts::kyc::v1::{self as kyc, kyc_service_client::KycServiceClient};
 use colend_platform::auth::{Class, POLICY, allowed};
+use colend_testkit::rpc::{self, Method, methods};
 use colend_testkit::{Backend, TestServer, anonymous, as_bank, as_partner, as_service};
 use futures::StreamExt;
-use prost::Message;
-use std::str::FromStr;
 use tonic::Code;
 use tonic::transport::Channel;
 
-struct Method {
-    path: String,
-    client_streaming: bool,
-    server_streaming: bool,
-}
-
-fn methods() -> Vec<Method> {
-    let set = prost_types::FileDescriptorSet::decode(colend_contracts::FILE_DESCRIPTOR_SET)
-        .expect("descriptor set");
-    let mut out = Vec::new();
-    for f in set.file {
-        let pkg = f.package().to_string();
-        if !pkg.starts_with("colend.") {
-            continue;
-        }
-        for s in &f.service {
-            for m in &s.method {
-                out.push(Method {
-                    path: format!("{pkg}.{}/{}", s.name(), m.name()),
-                    client_streaming: m.client_streaming(),
-                    server_streaming: m.server_streaming(),
-                });
-            }
-        }
-    }
-    out
-}
-
-/// Calls `m` with an empty message (valid for any request type) and returns
-/// the status code the call ended with.
-async fn call(ch: &Channel, m: &Method, decorate: &dyn Fn() -> tonic::Request<()>) -> Code {
-    let mut grpc = tonic::client::Grpc::new(ch.clone());
-    grpc.ready().await.expect("ready");
-    let path = http::uri::PathAndQuery::from_str(&format!("/{}", m.path)).unwrap();
-    let codec = tonic_prost::ProstCodec::<(), ()>::default();
-    let req = decorate();
-    let (meta, ext, _) = req.into_parts();
-    let result = match (m.client_streaming, m.server_streaming) {
-        (false, false) => grpc
-            .unary(tonic::Request::from_parts(meta, ext, ()), path, codec)
-            .await
-            .map(|_| ()),
-        (false, true) => match grpc
-            .server_streaming(tonic::Request::from_parts(meta, ext, ()), path, codec)
-            .await
-        {
-            Ok(r) => match r.into_inner().next().await {
-                Some(Err(s)) => Err(s),
-                _ => Ok(()),
-            },
-            Err(s) => Err(s),
-        },
-        (true, false) => grpc
-            .client_streaming(
-                tonic::Request::from_parts(meta, ext, futures::stream::empty::<()>()),
-                path,
-                codec,
-            )
-            .await
-            .map(|_| ()),
-        (true, true) => grpc
-            .streaming(
-                tonic::Request::from_parts(meta, ext, futures::stream::empty::<()>()),
-                path,
-                codec,
-            )
-            .await
-            .map(|_| ()),
-    };
-    match result {
+/// The status code `m` ends with when called with an empty message and
+/// `req`'s metadata.
+async fn call(ch: &Channel, m: &Method, req: tonic::Request<()>) -> Code {
+    match rpc::call(ch, m, req.metadata().clone(), None).await {
         Ok(()) => Code::Ok,
         Err(s) => s.code(),
     }
@@ -112,18 +45,22 @@ async fn function_level(s: &TestServer) -> usize {
     for m in &all {
         // No credentials: UNAUTHENTICATED, whatever the RPC.
         assert_eq!(
-            call(&s.channel, m, &|| anonymous(())).await,
+            call(&s.channel, m, anonymous(())).await,
             Code::Unauthenticated,
             "{} without a token",
             m.path
         );
         cells += 1;
         for class in Class::ALL {
-            let code = call(&s.channel, m, &|| match class {
-                Class::Partner => as_partner("matrix-p", ()),
-                Class::Bank => as_bank(()),
-                Class::Internal => as_service("matrix-p", ()),
-            })
+            let code = call(
+                &s.channel,
+                m,
+                match class {
+                    Class::Partner => as_partner("matrix-p", ()),
+                    Class::Bank => as_bank(()),
+                    Class::Internal => as_service("matrix-p", ()),
+                },
+            )
             .await;
             if allowed(class, &m.path) {
                 assert!(
@@ -328,14 +265,7 @@ async fn object_level(s: &TestServer) -> usize {
 
 #[tokio::test]
 async fn authorization_matrix() {
-    let s = TestServer::start(Backend::Embedded, |mesh| async move {
-        let mut v = Vec::new();
-        for name in colend::SERVICES {
-            v.push(colend::register(name, mesh.clone()).await?);
-        }
-        Ok(v)
-    })
-    .await;
+    let s = TestServer::start(Backend::Embedded, colend::register_all).await;
     let f = function_level(&s).await;
     let o = object_level(&s).await;
     eprintln!("authorization matrix: {f} function-level cells, {o} object-level cells");

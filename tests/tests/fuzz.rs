@@ -4,52 +4,12 @@
 //! must end in a proper status (never a dropped stream), and every service
 //! must still answer afterwards. Bounded: a fixed number of cases from a
 //! fixed seed, so CI time stays flat and a failure reproduces.
-use bytes::{Buf, BufMut};
 use colend::borrowers::{Plant, generate};
 use colend_platform::auth::{Class, POLICY};
+use colend_testkit::rpc::{self, Method, methods};
 use colend_testkit::{Backend, TestServer, as_bank, as_partner, as_service};
 use prost::Message;
-use std::str::FromStr;
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-
-/// Sends and receives raw bytes.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-struct RawEncoder;
-struct RawDecoder;
-
-impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let mut v = vec![0; src.remaining()];
-        src.copy_to_slice(&mut v);
-        Ok(Some(v))
-    }
-}
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
-    }
-}
 
 struct Rng(u64);
 
@@ -66,54 +26,21 @@ impl Rng {
     }
 }
 
-/// The code a call ends with, and whether it ended as a proper gRPC status.
+/// The code and message a call ends with.
 async fn send(
     ch: &tonic::transport::Channel,
-    path: &str,
-    streaming: (bool, bool),
+    m: &Method,
     body: Vec<u8>,
     class: Class,
     n: usize,
 ) -> (Code, String) {
-    let mut grpc = tonic::client::Grpc::new(ch.clone());
-    grpc.ready().await.expect("ready");
-    let p = http::uri::PathAndQuery::from_str(&format!("/{path}")).unwrap();
     let partner = format!("fz-{}", n % 97);
     let req = match class {
         Class::Partner => as_partner(&partner, ()),
         Class::Bank => as_bank(()),
         Class::Internal => as_service(&partner, ()),
     };
-    let (meta, ext, _) = req.into_parts();
-    let r = match streaming {
-        (false, false) => grpc
-            .unary(tonic::Request::from_parts(meta, ext, body), p, Raw)
-            .await
-            .map(|_| ()),
-        (false, true) => match grpc
-            .server_streaming(tonic::Request::from_parts(meta, ext, body), p, Raw)
-            .await
-        {
-            Ok(r) => {
-                // The first message or status is enough.
-                let mut s = r.into_inner();
-                match s.message().await {
-                    Err(e) => Err(e),
-                    Ok(_) => Ok(()),
-                }
-            }
-            Err(e) => Err(e),
-        },
-        _ => grpc
-            .client_streaming(
-                tonic::Request::from_parts(meta, ext, futures::stream::iter(vec![body])),
-                p,
-                Raw,
-            )
-            .await
-            .map(|_| ()),
-    };
-    match r {
+    match rpc::call(ch, m, req.metadata().clone(), Some(body)).await {
         Ok(()) => (Code::Ok, String::new()),
         Err(s) => (s.code(), s.message().to_string()),
     }
@@ -132,53 +59,34 @@ fn proper(code: Code, message: &str) -> bool {
 
 #[tokio::test]
 async fn decoding_and_validation_never_panic() {
-    let s = TestServer::start(Backend::Embedded, |mesh| async move {
-        let mut v = Vec::new();
-        for name in colend::SERVICES {
-            v.push(colend::register(name, mesh.clone()).await?);
-        }
-        Ok(v)
-    })
-    .await;
-    let set =
-        prost_types::FileDescriptorSet::decode(colend_contracts::FILE_DESCRIPTOR_SET).unwrap();
+    let s = TestServer::start(Backend::Embedded, colend::register_all).await;
     let mut rng = Rng(0x5eed_c01e_4d00_0001);
     let mut calls = 0usize;
     let mut codes = std::collections::BTreeMap::<String, usize>::new();
-    for f in &set.file {
-        if !f.package().starts_with("colend.") {
-            continue;
-        }
-        for svc in &f.service {
-            for m in &svc.method {
-                let path = format!("{}.{}/{}", f.package(), svc.name(), m.name());
-                let class = POLICY
-                    .iter()
-                    .find(|(p, _)| *p == path)
-                    .and_then(|(_, c)| c.first().copied())
-                    .expect("every RPC has a policy");
-                for _ in 0..30 {
-                    let body = rng.bytes(200);
-                    let (code, msg) = send(
-                        &s.channel,
-                        &path,
-                        (m.client_streaming(), m.server_streaming()),
-                        body.clone(),
-                        class,
-                        calls,
-                    )
-                    .await;
-                    assert!(
-                        proper(code, &msg),
-                        "{path} with {body:02x?}: {code:?} {msg}"
-                    );
-                    *codes.entry(format!("{code:?}")).or_default() += 1;
-                    calls += 1;
-                }
-            }
+    for m in methods() {
+        let class = POLICY
+            .iter()
+            .find(|(p, _)| *p == m.path)
+            .and_then(|(_, c)| c.first().copied())
+            .expect("every RPC has a policy");
+        for _ in 0..30 {
+            let body = rng.bytes(200);
+            let (code, msg) = send(&s.channel, &m, body.clone(), class, calls).await;
+            assert!(
+                proper(code, &msg),
+                "{} with {body:02x?}: {code:?} {msg}",
+                m.path
+            );
+            *codes.entry(format!("{code:?}")).or_default() += 1;
+            calls += 1;
         }
     }
     // A valid submission, bit-flipped: every field's validation is reached.
+    let submit = Method {
+        path: "colend.acquisition.v1.AcquisitionService/SubmitApplication".into(),
+        client_streaming: false,
+        server_streaming: false,
+    };
     let b = generate(40, 9, colend_platform::time::today())
         .into_iter()
         .find(|b| b.plant == Plant::Good)
@@ -199,15 +107,7 @@ async fn decoding_and_validation_never_panic() {
             }
             .encode_to_vec(),
         );
-        let (code, m) = send(
-            &s.channel,
-            "colend.acquisition.v1.AcquisitionService/SubmitApplication",
-            (false, false),
-            msg,
-            Class::Partner,
-            i,
-        )
-        .await;
+        let (code, m) = send(&s.channel, &submit, msg, Class::Partner, i).await;
         assert!(
             proper(code, &m),
             "SubmitApplication with {body:02x?}: {code:?} {m}"

@@ -6,14 +6,7 @@ use colend_testkit::{Backend, TestServer};
 use sqlx::Connection;
 
 async fn mesh(backend: Backend) -> TestServer {
-    TestServer::start(backend, |mesh| async move {
-        let mut v = Vec::new();
-        for name in colend::SERVICES {
-            v.push(colend::register(name, mesh.clone()).await?);
-        }
-        Ok(v)
-    })
-    .await
+    TestServer::start(backend, colend::register_all).await
 }
 
 async fn journey(backend: Backend) -> TestServer {

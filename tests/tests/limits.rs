@@ -16,14 +16,7 @@ async fn rate_and_velocity_limits() {
         std::env::set_var("COLEND_PARTNER_RATE_BURST", "3");
         std::env::set_var("COLEND_BORROWER_DAILY_APPLICATIONS", "2");
     }
-    let s = TestServer::start(Backend::Embedded, |mesh| async move {
-        let mut v = Vec::new();
-        for name in colend::SERVICES {
-            v.push(colend::register(name, mesh.clone()).await?);
-        }
-        Ok(v)
-    })
-    .await;
+    let s = TestServer::start(Backend::Embedded, colend::register_all).await;
     let mut c = AcquisitionServiceClient::new(s.channel.clone());
     let list = |p: &str| {
         as_partner(

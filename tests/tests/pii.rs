@@ -81,13 +81,7 @@ async fn demo(s: &TestServer, partner: &str) {
 }
 
 fn mesh(backend: Backend) -> impl std::future::Future<Output = TestServer> {
-    TestServer::start(backend, |mesh| async move {
-        let mut v = Vec::new();
-        for name in colend::SERVICES {
-            v.push(colend::register(name, mesh.clone()).await?);
-        }
-        Ok(v)
-    })
+    TestServer::start(backend, colend::register_all)
 }
 
 #[tokio::test]

@@ -61,14 +61,7 @@ async fn one_trace_spans_all_five_services() {
     let telemetry =
         colend_platform::telemetry::init_with("colend-test", Some(format!("http://{addr}")));
 
-    let s = TestServer::start(Backend::Embedded, |mesh| async move {
-        let mut v = Vec::new();
-        for name in colend::SERVICES {
-            v.push(colend::register(name, mesh.clone()).await?);
-        }
-        Ok(v)
-    })
-    .await;
+    let s = TestServer::start(Backend::Embedded, colend::register_all).await;
     let args = DemoArgs {
         endpoint: s.endpoint.clone(),
         kyc_endpoint: None,

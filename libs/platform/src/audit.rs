@@ -56,7 +56,36 @@ fn trace_id() -> String {
 }
 
 impl Entry {
-    /// An entry for the call being served.
+    /// An entry by `claims` (`None`: not authenticated) for `action`, now.
+    pub fn new(
+        claims: Option<&Claims>,
+        action: &str,
+        resource: &str,
+        request_id: &str,
+        outcome: &str,
+        reason: &str,
+    ) -> Entry {
+        Entry {
+            at: crate::time::now_millis(),
+            caller_class: claims
+                .map(|c| c.class.name())
+                .unwrap_or("anonymous")
+                .to_string(),
+            caller_subject: claims.map(|c| c.subject.clone()).unwrap_or_default(),
+            partner_id: claims
+                .and_then(|c| c.partner_id.clone())
+                .unwrap_or_default(),
+            action: action.to_string(),
+            resource: resource.to_string(),
+            request_id: request_id.to_string(),
+            outcome: outcome.to_string(),
+            reason: reason.to_string(),
+            trace_id: trace_id(),
+        }
+    }
+
+    /// An entry for the call being served (`caller` from [`current`]; none
+    /// when colend itself made the change in-process).
     pub fn for_call(
         caller: Option<&(Claims, String)>,
         resource: &str,
@@ -64,31 +93,16 @@ impl Entry {
         outcome: &str,
         reason: &str,
     ) -> Entry {
-        let (class, subject, partner, action) = match caller {
-            Some((c, m)) => (
-                c.class.name().to_string(),
-                c.subject.clone(),
-                c.partner_id.clone().unwrap_or_default(),
-                m.clone(),
-            ),
-            None => (
-                "internal".into(),
-                "in-process".into(),
-                String::new(),
-                resource.split(':').next().unwrap_or("").to_string(),
-            ),
-        };
-        Entry {
-            at: crate::time::now_millis(),
-            caller_class: class,
-            caller_subject: subject,
-            partner_id: partner,
-            action,
-            resource: resource.to_string(),
-            request_id: request_id.to_string(),
-            outcome: outcome.to_string(),
-            reason: reason.to_string(),
-            trace_id: trace_id(),
+        match caller {
+            Some((c, method)) => Entry::new(Some(c), method, resource, request_id, outcome, reason),
+            None => {
+                let action = resource.split(':').next().unwrap_or("");
+                Entry {
+                    caller_class: "internal".into(),
+                    caller_subject: "in-process".into(),
+                    ..Entry::new(None, action, resource, request_id, outcome, reason)
+                }
+            }
         }
     }
 
@@ -253,23 +267,7 @@ pub fn denied(method: &str, claims: Option<&Claims>, reason: &str) {
     let Some(db) = sinks().read().ok().and_then(|m| m.get(service).cloned()) else {
         return;
     };
-    let e = Entry {
-        at: crate::time::now_millis(),
-        caller_class: claims
-            .map(|c| c.class.name())
-            .unwrap_or("anonymous")
-            .to_string(),
-        caller_subject: claims.map(|c| c.subject.clone()).unwrap_or_default(),
-        partner_id: claims
-            .and_then(|c| c.partner_id.clone())
-            .unwrap_or_default(),
-        action: method.to_string(),
-        resource: String::new(),
-        request_id: String::new(),
-        outcome: "DENIED".into(),
-        reason: reason.to_string(),
-        trace_id: trace_id(),
-    };
+    let e = Entry::new(claims, method, "", "", "DENIED", reason);
     tokio::spawn(async move {
         if let Err(err) = append_alone(&db, &e).await {
             tracing::warn!(error = %err, "could not record a denied call");

@@ -456,7 +456,12 @@ impl RateLimiter {
             // Forget idle partners rather than grow without bound.
             b.retain(|_, (_, at)| now.duration_since(*at).as_secs() < 60);
         }
-        let (tokens, at) = b.entry(key.to_string()).or_insert((self.burst, now));
+        if !b.contains_key(key) {
+            b.insert(key.to_string(), (self.burst, now));
+        }
+        let Some((tokens, at)) = b.get_mut(key) else {
+            return Ok(());
+        };
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {

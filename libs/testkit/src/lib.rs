@@ -6,6 +6,8 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `COLEND_TEST_REDIS_URL`
 //! (default `redis://127.0.0.1:6379`). When they cannot be reached the test
 //! fails; it never skips.
+pub mod rpc;
+
 use colend_platform::config::Backends;
 use colend_platform::runner::{Registered, serve_registered};
 use colend_platform::{Endpoints, Mesh};

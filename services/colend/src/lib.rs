@@ -63,63 +63,60 @@ pub async fn health(endpoint: &str, services: Vec<String>, wait_secs: u64) -> an
     }
 }
 
-/// Runs one service's migrations (or all five for "all") and returns.
+/// The services `name` selects: one of [`SERVICES`], or all five for "all".
+fn selected(name: &str) -> anyhow::Result<Vec<&'static str>> {
+    if name == "all" {
+        return Ok(SERVICES.to_vec());
+    }
+    SERVICES
+        .iter()
+        .find(|s| **s == name)
+        .map(|s| vec![*s])
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown service {name:?}; one of {} or all",
+                SERVICES.join(", ")
+            )
+        })
+}
+
 /// Verifies each named service's audit chain (or all); one line per
-/// service. Fails naming the first row that does not hold.
+/// service. Fails, with every line, when a chain is broken.
 pub async fn audit_verify(name: &str, backends: &Backends) -> anyhow::Result<Vec<String>> {
     use colend_platform::audit::{Verdict, verify};
-    let names: Vec<&str> = if name == "all" {
-        SERVICES.to_vec()
-    } else {
-        vec![name]
-    };
     let mut report = Vec::new();
-    let mut broken = Vec::new();
-    for n in names {
+    let mut broken = false;
+    for n in selected(name)? {
         let db = match n {
             "acquisition" => colend_acquisition::connect(backends).await?,
             "kyc" => colend_kyc::connect(backends).await?,
             "credit" => colend_credit::connect(backends).await?,
             "funding" => colend_funding::connect(backends).await?,
-            "reconciliation" => colend_reconciliation::connect(backends).await?,
-            other => anyhow::bail!(
-                "unknown service {other:?}; one of {} or all",
-                SERVICES.join(", ")
-            ),
+            _ => colend_reconciliation::connect(backends).await?,
         };
-        match verify(&db).await.map_err(|e| anyhow::anyhow!("{n}: {e}"))? {
-            Verdict::Intact(rows) => report.push(format!("{n}: audit chain intact, {rows} rows")),
-            Verdict::Broken { seq, why } => {
-                let line = format!("{n}: audit chain broken at row {seq}: {why}");
-                report.push(line.clone());
-                broken.push(line);
-            }
-        }
+        report.push(
+            match verify(&db).await.map_err(|e| anyhow::anyhow!("{n}: {e}"))? {
+                Verdict::Intact(rows) => format!("{n}: audit chain intact, {rows} rows"),
+                Verdict::Broken { seq, why } => {
+                    broken = true;
+                    format!("{n}: audit chain broken at row {seq}: {why}")
+                }
+            },
+        );
     }
-    if broken.is_empty() {
-        Ok(report)
-    } else {
-        anyhow::bail!("{}", report.join("\n"))
-    }
+    anyhow::ensure!(!broken, "{}", report.join("\n"));
+    Ok(report)
 }
 
+/// Runs one service's migrations (or all five for "all") and returns.
 pub async fn migrate(name: &str, backends: &Backends) -> anyhow::Result<()> {
-    let names: Vec<&str> = if name == "all" {
-        SERVICES.to_vec()
-    } else {
-        vec![name]
-    };
-    for n in names {
+    for n in selected(name)? {
         match n {
             "acquisition" => colend_acquisition::migrate(backends).await?,
             "kyc" => colend_kyc::migrate(backends).await?,
             "credit" => colend_credit::migrate(backends).await?,
             "funding" => colend_funding::migrate(backends).await?,
-            "reconciliation" => colend_reconciliation::migrate(backends).await?,
-            other => anyhow::bail!(
-                "unknown service {other:?}; one of {} or all",
-                SERVICES.join(", ")
-            ),
+            _ => colend_reconciliation::migrate(backends).await?,
         }
         tracing::info!(service = n, "migrations applied");
     }
@@ -164,6 +161,12 @@ pub async fn build_mesh(
     backends: Backends,
 ) -> anyhow::Result<Vec<Registered>> {
     let mesh = Mesh::from_env(backends, Endpoints::all_at(&self_address(listener)?))?;
+    register_all(mesh).await
+}
+
+/// Registers all five services on one mesh (what `colend up` and the
+/// cross-service tests serve).
+pub async fn register_all(mesh: Mesh) -> anyhow::Result<Vec<Registered>> {
     let mut services = Vec::new();
     for name in SERVICES {
         services.push(register(name, mesh.clone()).await?);

@@ -26,14 +26,7 @@ fn verify(data_dir: &std::path::Path, service: &str) -> (bool, String) {
 
 #[tokio::test]
 async fn audit_chain_detects_tampering() {
-    let s = TestServer::start(Backend::Embedded, |mesh| async move {
-        let mut v = Vec::new();
-        for name in colend::SERVICES {
-            v.push(colend::register(name, mesh.clone()).await?);
-        }
-        Ok(v)
-    })
-    .await;
+    let s = TestServer::start(Backend::Embedded, colend::register_all).await;
     let args = DemoArgs {
         endpoint: s.endpoint.clone(),
         kyc_endpoint: None,

@@ -1569,12 +1569,6 @@ impl Funding {
         partner_id: &str,
         value_date: &str,
     ) -> ApiResult<Vec<pb::LedgerMovement>> {
-        let money = |m: i64, c: &str| {
-            Some(colend_contracts::common::v1::Money {
-                minor_units: m,
-                currency_code: c.to_string(),
-            })
-        };
         let mut out = Vec::new();
         let loans = sqlx::query(
             "SELECT loan_id, currency, principal, bank_amount, partner_amount, disbursement_ref FROM loans \

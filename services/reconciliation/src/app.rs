@@ -18,80 +18,94 @@ const LINES_PER_CHUNK: usize = 20_000;
 /// Rows per multi-row INSERT.
 const ROWS_PER_INSERT: usize = 40;
 
-/// Fetches colend's own funding ledger movements of a partner's day (three-way).
-pub type LedgerSource = std::sync::Arc<
-    dyn Fn(String, String) -> futures::future::BoxFuture<'static, ApiResult<Vec<(Rec, String)>>>
-        + Send
-        + Sync,
->;
-
-/// The ledger source backed by the funding service.
-pub fn funding_ledger(
-    channel: colend_platform::grpc::TracedChannel,
+/// colend's own funding ledger, read from the funding service (three-way runs).
+#[derive(Clone)]
+pub struct FundingLedger {
+    client: colend_contracts::funding::v1::funding_service_client::FundingServiceClient<
+        colend_platform::grpc::TracedChannel,
+    >,
     timeout: std::time::Duration,
-) -> LedgerSource {
-    use colend_contracts::funding::v1 as fpb;
-    use futures::StreamExt;
-    let client = fpb::funding_service_client::FundingServiceClient::new(channel);
-    std::sync::Arc::new(move |partner_id: String, value_date: String| {
-        let mut client = client.clone();
-        Box::pin(async move {
-            let fail = |s: tonic::Status| colend_platform::error::from_downstream("funding", s);
-            let mut stream = client
-                .stream_ledger_movements(colend_platform::grpc::request(
-                    fpb::StreamLedgerMovementsRequest {
-                        partner_id,
-                        value_date,
+}
+
+impl FundingLedger {
+    pub fn new(
+        channel: colend_platform::grpc::TracedChannel,
+        timeout: std::time::Duration,
+    ) -> Self {
+        FundingLedger {
+            client:
+                colend_contracts::funding::v1::funding_service_client::FundingServiceClient::new(
+                    channel,
+                ),
+            timeout,
+        }
+    }
+
+    /// The partner's disbursements and repayments of `value_date`, as records.
+    pub async fn movements(
+        &self,
+        partner_id: String,
+        value_date: String,
+    ) -> ApiResult<Vec<(Rec, String)>> {
+        use colend_contracts::funding::v1 as fpb;
+        use futures::StreamExt;
+        let fail = |s: tonic::Status| colend_platform::error::from_downstream("funding", s);
+        let mut stream = self
+            .client
+            .clone()
+            .stream_ledger_movements(colend_platform::grpc::request(
+                fpb::StreamLedgerMovementsRequest {
+                    partner_id,
+                    value_date,
+                },
+                self.timeout,
+                None,
+            ))
+            .await
+            .map_err(fail)?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(batch) = stream.next().await {
+            for m in batch.map_err(fail)?.movements {
+                let c = m
+                    .amount
+                    .as_ref()
+                    .map(|a| a.currency_code.clone())
+                    .unwrap_or_default();
+                let disbursement = m.kind == fpb::MovementKind::Disbursement as i32;
+                let minor = |x: &Option<Money>| x.as_ref().map(|a| a.minor_units).unwrap_or(0);
+                let rec = Rec {
+                    kind: if disbursement {
+                        Kind::Disbursement
+                    } else {
+                        Kind::Repayment
                     },
-                    timeout,
-                    None,
-                ))
-                .await
-                .map_err(fail)?
-                .into_inner();
-            let mut out = Vec::new();
-            while let Some(batch) = stream.next().await {
-                for m in batch.map_err(fail)?.movements {
-                    let c = m
-                        .amount
-                        .as_ref()
-                        .map(|a| a.currency_code.clone())
-                        .unwrap_or_default();
-                    let disbursement = m.kind == fpb::MovementKind::Disbursement as i32;
-                    let minor = |x: &Option<Money>| x.as_ref().map(|a| a.minor_units).unwrap_or(0);
-                    let rec = Rec {
-                        kind: if disbursement {
-                            Kind::Disbursement
-                        } else {
-                            Kind::Repayment
-                        },
-                        transaction_id: m.transaction_ref,
-                        loan_id: m.loan_id,
-                        value_date: domain::parse_day(&m.value_date).unwrap_or(0),
-                        amount: minor(&m.amount),
-                        bank_portion: minor(&m.bank_portion),
-                        partner_portion: minor(&m.partner_portion),
-                        components: (!disbursement).then_some([
-                            m.principal,
-                            m.interest,
-                            m.fee,
-                            m.penalty,
-                        ]),
-                        collected_by: Book::Bank,
-                        line: 0,
-                    };
-                    out.push((rec, c));
-                }
+                    transaction_id: m.transaction_ref,
+                    loan_id: m.loan_id,
+                    value_date: domain::parse_day(&m.value_date).unwrap_or(0),
+                    amount: minor(&m.amount),
+                    bank_portion: minor(&m.bank_portion),
+                    partner_portion: minor(&m.partner_portion),
+                    components: (!disbursement).then_some([
+                        m.principal,
+                        m.interest,
+                        m.fee,
+                        m.penalty,
+                    ]),
+                    collected_by: Book::Bank,
+                    line: 0,
+                };
+                out.push((rec, c));
             }
-            Ok(out)
-        })
-    })
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Clone)]
 pub struct Reconciliation {
     db: Db,
-    ledger: Option<LedgerSource>,
+    ledger: Option<FundingLedger>,
 }
 
 pub fn kind_pb(k: Kind) -> pb::RecordKind {
@@ -374,7 +388,7 @@ fn summary_pb(o: &Outcome, currency: &str) -> Vec<pb::ClassSummary> {
 }
 
 impl Reconciliation {
-    pub fn new(db: Db, ledger: Option<LedgerSource>) -> Self {
+    pub fn new(db: Db, ledger: Option<FundingLedger>) -> Self {
         Reconciliation { db, ledger }
     }
 
@@ -468,8 +482,9 @@ impl Reconciliation {
                     message: "no funding endpoint is configured for three-way runs".into(),
                 });
             };
-            for (rec, currency) in
-                ledger(b.spec.partner_id.clone(), b.spec.business_date.clone()).await?
+            for (rec, currency) in ledger
+                .movements(b.spec.partner_id.clone(), b.spec.business_date.clone())
+                .await?
             {
                 b.add(Book::Ledger, rec, currency);
             }

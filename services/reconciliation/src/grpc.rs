@@ -180,50 +180,43 @@ impl ReconciliationService for ReconGrpc {
         };
         let mut b = self.app.begin(spec).await?;
         let mut message = 1usize;
-        let fed: Result<(), Status> = async {
-            while let Some(m) = stream.next().await {
-                message += 1;
-                match m?.item {
-                    Some(Item::Batch(batch)) => {
-                        let side = pb::Side::try_from(batch.side).unwrap_or(pb::Side::Unspecified);
-                        if !matches!(side, pb::Side::Bank | pb::Side::Partner) {
-                            return Err(ApiError::field(
-                                "batch.side",
-                                &format!("must be BANK or PARTNER (message {message})"),
-                            )
-                            .into());
-                        }
-                        if batch.records.len() > MAX_BATCH {
-                            return Err(ApiError::field(
-                                "batch.records",
-                                &format!("at most 10000 records a batch (message {message})"),
-                            )
-                            .into());
-                        }
-                        for r in batch.records {
-                            b.record(side, r);
-                        }
-                    }
-                    Some(Item::Malformed(row)) => {
-                        let side = pb::Side::try_from(row.side).unwrap_or(pb::Side::Unspecified);
-                        let reason: String = row.reason.chars().take(500).collect();
-                        b.reject(side, row.line, reason);
-                    }
-                    Some(Item::Start(_)) | None => {
+        while let Some(m) = stream.next().await {
+            message += 1;
+            match m?.item {
+                Some(Item::Batch(batch)) => {
+                    let side = pb::Side::try_from(batch.side).unwrap_or(pb::Side::Unspecified);
+                    if !matches!(side, pb::Side::Bank | pb::Side::Partner) {
                         return Err(ApiError::field(
-                            "start",
-                            &format!(
-                                "only the first message may start the run (message {message})"
-                            ),
+                            "batch.side",
+                            &format!("must be BANK or PARTNER (message {message})"),
                         )
                         .into());
                     }
+                    if batch.records.len() > MAX_BATCH {
+                        return Err(ApiError::field(
+                            "batch.records",
+                            &format!("at most 10000 records a batch (message {message})"),
+                        )
+                        .into());
+                    }
+                    for r in batch.records {
+                        b.record(side, r);
+                    }
+                }
+                Some(Item::Malformed(row)) => {
+                    let side = pb::Side::try_from(row.side).unwrap_or(pb::Side::Unspecified);
+                    let reason: String = row.reason.chars().take(500).collect();
+                    b.reject(side, row.line, reason);
+                }
+                Some(Item::Start(_)) | None => {
+                    return Err(ApiError::field(
+                        "start",
+                        &format!("only the first message may start the run (message {message})"),
+                    )
+                    .into());
                 }
             }
-            Ok(())
         }
-        .await;
-        fed?;
         let hash = b.hash(&start);
         let scope = format!("ReconcileStream:{}", start.partner_id);
         let run = self.app.finish(b, scope, start.request_id, hash).await?;

@@ -28,7 +28,7 @@ pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "reconciliation", &MIGRATOR).await?;
     colend_platform::audit::register(SERVICE, &db);
     colend_platform::idempotency::spawn_retention(&db)?;
-    let ledger = app::funding_ledger(
+    let ledger = app::FundingLedger::new(
         colend_platform::grpc::traced_channel(&mesh.endpoints.funding)?,
         mesh.call_timeout,
     );

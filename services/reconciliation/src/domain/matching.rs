@@ -494,38 +494,38 @@ impl Matcher {
         self.out.breaks.push(b);
     }
 
-    fn duplicate(&mut self, left: bool, rec: Rec) {
-        let book = if left {
-            self.pair.books().0
-        } else {
-            self.pair.books().1
-        };
-        let detail = format!(
-            "transaction id already seen on the {} side",
-            book.name().to_lowercase()
-        );
+    /// The book a side of the pair is.
+    fn book(&self, left: bool) -> Book {
+        let (l, r) = self.pair.books();
+        if left { l } else { r }
+    }
+
+    /// A break with a record on one side only.
+    fn one_sided(&mut self, class: Class, left: bool, rec: Rec, detail: String) {
+        let (transaction_id, loan_id) = (rec.transaction_id.clone(), rec.loan_id.clone());
         let (l, r) = if left {
             (Some(rec), None)
         } else {
             (None, Some(rec))
         };
-        let (tx, loan) = {
-            let x = l
-                .as_ref()
-                .or(r.as_ref())
-                .map(|x| (x.transaction_id.clone(), x.loan_id.clone()));
-            x.unwrap_or_default()
-        };
         self.push_break(BreakItem {
             pair: self.pair,
-            class: Class::Duplicate,
-            transaction_id: tx,
-            loan_id: loan,
+            class,
+            transaction_id,
+            loan_id,
             left: l,
             right: r,
             components: vec![],
             detail,
         });
+    }
+
+    fn duplicate(&mut self, left: bool, rec: Rec) {
+        let detail = format!(
+            "transaction id already seen on the {} side",
+            self.book(left).name().to_lowercase()
+        );
+        self.one_sided(Class::Duplicate, left, rec, detail);
     }
 
     fn matched(&mut self, how: MatchKind, bank: &[&Rec], amount: i64, records: usize) {
@@ -714,29 +714,8 @@ impl Matcher {
         }
         missing.sort_by(|a, b| a.1.transaction_id.cmp(&b.1.transaction_id));
         for (left, rec) in missing {
-            let book = if left {
-                self.pair.books().1
-            } else {
-                self.pair.books().0
-            };
-            let class = self.pair.missing(left);
-            let detail = format!("no {} record", book.name().to_lowercase());
-            let (tx, loan) = (rec.transaction_id.clone(), rec.loan_id.clone());
-            let (l, r) = if left {
-                (Some(rec), None)
-            } else {
-                (None, Some(rec))
-            };
-            self.push_break(BreakItem {
-                pair: self.pair,
-                class,
-                transaction_id: tx,
-                loan_id: loan,
-                left: l,
-                right: r,
-                components: vec![],
-                detail,
-            });
+            let detail = format!("no {} record", self.book(!left).name().to_lowercase());
+            self.one_sided(self.pair.missing(left), left, rec, detail);
         }
         self.out
     }
