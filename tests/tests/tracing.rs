@@ -61,6 +61,10 @@ async fn one_trace_spans_all_five_services() {
     let telemetry =
         colend_platform::telemetry::init_with("colend-test", Some(format!("http://{addr}")));
 
+    // Services would give each outbound call 30 s: the caller's deadline
+    // must cut that down (checked on reconciliation → funding below).
+    // SAFETY: set before any service reads it; this binary runs one test.
+    unsafe { std::env::set_var("COLEND_CALL_TIMEOUT_MS", "30000") };
     let s = TestServer::start(Backend::Embedded, colend::register_all).await;
     let args = DemoArgs {
         endpoint: s.endpoint.clone(),
@@ -88,6 +92,28 @@ async fn one_trace_spans_all_five_services() {
             break;
         }
     }
+    // Deadline propagation: the demo gives RunReconciliation 10 s; the call
+    // reconciliation makes to funding carries what is left of it, not 30 s.
+    let timeout = |sp: &Span| attr(sp, "rpc.grpc.timeout_ms").and_then(|v| v.parse::<i64>().ok());
+    let ledger_calls: Vec<&Span> = spans
+        .iter()
+        .filter(|sp| sp.kind == 2 && sp.name.ends_with("/StreamLedgerMovements"))
+        .collect();
+    assert!(!ledger_calls.is_empty(), "reconciliation called funding");
+    for sp in &ledger_calls {
+        let t = timeout(sp).expect("the call to funding carries a deadline");
+        assert!(
+            t > 0 && t <= 10_000,
+            "funding got {t} ms: the caller's 10 s deadline was not propagated"
+        );
+    }
+    eprintln!(
+        "deadline propagated: reconciliation → funding carried {:?} ms of the caller's 10000 ms (own timeout 30000 ms)",
+        ledger_calls
+            .iter()
+            .filter_map(|sp| timeout(sp))
+            .collect::<Vec<_>>()
+    );
     let by_id: HashMap<Vec<u8>, &Span> = spans.iter().map(|sp| (sp.span_id.clone(), sp)).collect();
     let mut services_by_trace: HashMap<Vec<u8>, HashSet<String>> = HashMap::new();
     for sp in &spans {

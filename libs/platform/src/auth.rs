@@ -353,6 +353,11 @@ pub const POLICY: &[(&str, &[Class])] = {
             "colend.acquisition.v1.AcquisitionService/RecordLoanEvent",
             &[I],
         ),
+        // The bank's operators decide what becomes of a parked journey.
+        (
+            "colend.acquisition.v1.AcquisitionService/ResumeApplication",
+            &[B],
+        ),
         // kyc: checks for acquisition, read by the partner; watchlists are the bank's.
         ("colend.kyc.v1.KycService/CheckBorrower", &[I]),
         ("colend.kyc.v1.KycService/GetCheck", &[P]),
@@ -608,8 +613,19 @@ where
                 }
                 req.extensions_mut().insert(Caller(claims.clone()));
                 let method = path.trim_start_matches('/').to_string();
+                // The caller's deadline, for the calls this one makes.
+                let deadline = req
+                    .headers()
+                    .get("grpc-timeout")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(crate::deadline::parse_grpc_timeout)
+                    .and_then(|t| std::time::Instant::now().checked_add(t));
                 let fut = self.inner.call(req);
-                Box::pin(crate::audit::CURRENT.scope((claims, method), fut))
+                let fut = crate::audit::CURRENT.scope((claims, method), fut);
+                match deadline {
+                    Some(d) => Box::pin(crate::deadline::DEADLINE.scope(d, fut)),
+                    None => Box::pin(fut),
+                }
             }
         }
     }

@@ -22,6 +22,13 @@ pub struct Db {
     pub backend: Backend,
     /// PostgreSQL schema, or SQLite file stem: the service's name.
     pub schema: String,
+    /// Which connection of this process it is (keys in-process state).
+    pub instance: u64,
+}
+
+fn next_instance() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Db {
@@ -117,6 +124,7 @@ impl Db {
             pool,
             backend: Backend::Postgres,
             schema: schema.to_string(),
+            instance: next_instance(),
         })
     }
 
@@ -149,6 +157,7 @@ impl Db {
             pool,
             backend: Backend::Sqlite,
             schema: schema.to_string(),
+            instance: next_instance(),
         })
     }
 

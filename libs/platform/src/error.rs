@@ -132,7 +132,34 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        ApiError::Internal(e.into())
+        // A lost or unreachable database is transient (UNAVAILABLE, worth a
+        // retry); anything else is a fault of ours.
+        let transient = match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => true,
+            // Connection exceptions (08…), shutdown / cannot connect now (57P…),
+            // too many connections (53300), serialization failures (40001, 40P01).
+            sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+                c.starts_with("08")
+                    || c.starts_with("57P")
+                    || c == "53300"
+                    || c == "40001"
+                    || c == "40P01"
+            }),
+            _ => false,
+        };
+        if transient {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::Dependency {
+                service: "database".into(),
+                message: "the database is unavailable; retry with the same request id".into(),
+            }
+        } else {
+            ApiError::Internal(e.into())
+        }
     }
 }
 

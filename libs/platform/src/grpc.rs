@@ -174,7 +174,8 @@ pub fn traced_channel(url: &str) -> anyhow::Result<TracedChannel> {
 /// and, when given, the partner on whose behalf the call is made.
 pub fn request<T>(message: T, timeout: Duration, partner_id: Option<&str>) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
-    req.set_timeout(timeout);
+    // Never longer than what is left of the deadline of the call being served.
+    req.set_timeout(crate::deadline::bounded(timeout));
     // As a colend service; tools acting as a partner or the bank re-sign
     // with `auth::sign_request`.
     let token = crate::auth::authority().internal_token();

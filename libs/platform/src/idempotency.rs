@@ -2,8 +2,8 @@
 //!
 //! The key is claimed first, inside the same transaction as the effect, and
 //! the response is stored with it before commit. A duplicate that arrives
-//! while the first is still running waits on the key (PostgreSQL) or on the
-//! single writer (SQLite), then gets the stored response. The same key with
+//! while the first is still running is refused at once with ABORTED /
+//! REQUEST_IN_FLIGHT; retried, it then gets the stored response. The same key with
 //! a different request hash is refused with IDEMPOTENCY_KEY_REUSED.
 //! Deterministic business refusals are stored too, so a replay gets the
 //! same answer; transient failures are not, so a retry can succeed.
@@ -149,8 +149,25 @@ where
             None => {}
         }
     }
+    // A duplicate of a request still being worked on is told so at once
+    // (ABORTED, REQUEST_IN_FLIGHT): in this process by the in-flight set,
+    // across replicas by a transaction-scoped advisory lock on PostgreSQL.
+    let Some(_in_flight) = InFlight::claim(db.instance, &scope, &request_id) else {
+        return Err(ApiError::RequestInFlight);
+    };
     let now = crate::time::now_millis();
     let mut tx = db.pool.begin().await?;
+    if db.backend == crate::db::Backend::Postgres {
+        let (got,): (i64,) = sqlx::query_as(
+            "SELECT CASE WHEN pg_try_advisory_xact_lock(hashtextextended($1, 0)) THEN 1 ELSE 0 END::bigint",
+        )
+        .bind(format!("{}\n{scope}\n{request_id}", db.schema))
+        .fetch_one(&mut *tx)
+        .await?;
+        if got == 0 {
+            return Err(ApiError::RequestInFlight);
+        }
+    }
     let claimed = sqlx::query(
         "INSERT INTO idempotency_keys (scope, request_id, request_hash, outcome, response, created_at) \
          VALUES ($1, $2, $3, 'pending', '', $4)",
@@ -214,6 +231,36 @@ where
             }
             Err(e)
         }
+    }
+}
+
+/// Keys being worked on in this process.
+struct InFlight(String);
+
+fn in_flight() -> &'static std::sync::Mutex<std::collections::HashSet<String>> {
+    static SET: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    SET.get_or_init(Default::default)
+}
+
+impl InFlight {
+    fn claim(instance: u64, scope: &str, request_id: &str) -> Option<InFlight> {
+        let key = format!("{instance}\n{scope}\n{request_id}");
+        let fresh = in_flight()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone());
+        // (A guard is made only when the key was free: dropping one frees it.)
+        if fresh { Some(InFlight(key)) } else { None }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        in_flight()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Mesh {
     pub call_timeout: Duration,
     /// Encryption of personal data at rest (`COLEND_PII_KEYS`, `COLEND_PII_KEY_ID`).
     pub sealer: crate::sealing::Sealer,
+    /// Background workers, stopped after the server has drained.
+    pub workers: crate::lifecycle::Workers,
 }
 
 /// Development key, used only when `COLEND_BLIND_INDEX_KEY` is unset.
@@ -70,6 +72,7 @@ impl Mesh {
             blind_key: BlindIndexKey::new(key.as_bytes()),
             call_timeout: Duration::from_millis(env_parse("COLEND_CALL_TIMEOUT_MS", 5000u64)?),
             sealer: crate::sealing::Sealer::from_env()?,
+            workers: crate::lifecycle::Workers::default(),
         })
     }
 }

@@ -9,7 +9,9 @@
 //! - `colend_funded_minor_total` (`funder`, `currency`): principal disbursed per funder
 //! - `colend_outbox_pending`: loan events not yet relayed (outbox lag)
 //! - `colend_recon_items_total` (`class`): reconciled transactions by class
-//! - `colend_journeys_parked_total`: journeys that stopped on a technical failure (status FAILED)
+//! - `colend_journeys_parked_total`: journeys parked on a technical failure (status PARKED)
+//! - `colend_journeys_parked` (gauge): journeys parked now, waiting for an operator
+//! - `colend_journey_retries_total`: journey steps retried after a technical failure
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 const SECONDS: &[f64] = &[

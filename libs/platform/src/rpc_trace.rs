@@ -123,9 +123,19 @@ where
             rpc.service = %service,
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
+            rpc.grpc.timeout_ms = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
+        // The caller's deadline, as it arrived (it bounds the calls this one makes).
+        if let Some(t) = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::deadline::parse_grpc_timeout)
+        {
+            span.record("rpc.grpc.timeout_ms", t.as_millis() as i64);
+        }
         let _ = span.set_parent(parent);
         record_ids(&span);
         let fut = {

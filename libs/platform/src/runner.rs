@@ -10,6 +10,8 @@ use tonic::service::RoutesBuilder;
 pub struct Registered {
     pub name: &'static str,
     pub add: Box<dyn FnOnce(&mut RoutesBuilder) + Send>,
+    /// Background workers to stop once the server has drained.
+    pub workers: Option<crate::lifecycle::Workers>,
 }
 
 impl Registered {
@@ -18,7 +20,15 @@ impl Registered {
         Registered {
             name,
             add: Box::new(add),
+            workers: None,
         }
+    }
+
+    /// The service runs background workers (outbox relays, sweepers): they
+    /// are told to stop, and awaited within the drain bound, at shutdown.
+    pub fn with_workers(mut self, workers: &crate::lifecycle::Workers) -> Self {
+        self.workers = Some(workers.clone());
+        self
     }
 }
 
@@ -51,10 +61,16 @@ pub async fn serve_registered(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let mut routes = RoutesBuilder::default();
     let names = services.iter().map(|s| s.name).collect();
+    let mut workers: Vec<crate::lifecycle::Workers> = Vec::new();
     for s in services {
+        if let Some(w) = &s.workers
+            && !workers.iter().any(|x| x.same(w))
+        {
+            workers.push(w.clone());
+        }
         (s.add)(&mut routes);
     }
-    crate::grpc::serve(
+    let served = crate::grpc::serve(
         (listener, health_listener().await?),
         routes,
         reporter,
@@ -63,7 +79,13 @@ pub async fn serve_registered(
         shutdown,
         grace,
     )
-    .await
+    .await;
+    // Health is NOT_SERVING and calls have drained: the workers finish the
+    // batch in hand and stop.
+    for w in workers {
+        w.stop(grace).await;
+    }
+    served
 }
 
 /// Runs one service as its own process: what a Kubernetes pod runs.

@@ -6,6 +6,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `COLEND_TEST_REDIS_URL`
 //! (default `redis://127.0.0.1:6379`). When they cannot be reached the test
 //! fails; it never skips.
+pub mod proxy;
 pub mod rpc;
 
 use colend_platform::config::Backends;

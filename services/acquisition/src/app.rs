@@ -96,7 +96,8 @@ pub async fn load(
     Ok(Some(app))
 }
 
-/// Appends an event to the history.
+/// Appends an event to the history, and the same event to the outbox (for
+/// the partner's watch streams), in the caller's transaction.
 pub async fn insert_event(
     conn: &mut AnyConnection,
     application_id: &str,
@@ -105,10 +106,19 @@ pub async fn insert_event(
     reasons: &[String],
     at: i64,
 ) -> ApiResult<()> {
+    let event_id = format!("evt_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(
+        "INSERT INTO outbox (event_id, application_id, created_at, sent_at) VALUES ($1, $2, $3, 0)",
+    )
+    .bind(&event_id)
+    .bind(application_id)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query(
         "INSERT INTO application_events (event_id, application_id, status, detail, reason_codes, occurred_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(format!("evt_{}", uuid::Uuid::now_v7().simple()))
+    .bind(&event_id)
     .bind(application_id)
     .bind(status.name())
     .bind(detail)
@@ -264,6 +274,10 @@ impl Acquisition {
         .await?;
         if app.status == pb::ApplicationStatus::Submitted as i32 {
             metrics::counter!("colend_applications_total", "status" => "SUBMITTED").increment(1);
+            // Committed; the reply has not gone out (the client's retry with
+            // the same request id gets this application, and the sweeper
+            // runs its journey).
+            colend_platform::fault::crash_point("acquisition.submit.after_commit");
             self.journey.start(app.application_id.clone());
         }
         Ok(app)
@@ -369,6 +383,92 @@ impl Acquisition {
         .await?;
         metrics::counter!("colend_applications_total", "status" => event.name()).increment(1);
         self.journey.notify(&app_id);
+        Ok(app)
+    }
+
+    /// An operator's decision on a parked journey: retry it from the step
+    /// where it stopped, or abandon it (compensating first: the funding
+    /// reservation the journey may have made is voided).
+    pub async fn resume(
+        &self,
+        hash: String,
+        r: pb::ResumeApplicationRequest,
+    ) -> ApiResult<pb::Application> {
+        let abandon = r.action == pb::ResumeAction::Abandon as i32;
+        let id = r.application_id.clone();
+        let current: Option<(String, String)> =
+            sqlx::query_as("SELECT status, partner_id FROM applications WHERE application_id = $1")
+                .bind(&id)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        let Some((current, partner)) = current else {
+            return Err(ApiError::NotFound("application".into()));
+        };
+        // Compensation runs before the local close, and is idempotent: a
+        // replay (or a retry after a crash) voids nothing twice.
+        let mut compensated = String::new();
+        if abandon && current == Status::Parked.name() {
+            compensated = self
+                .journey
+                .compensate_funding(
+                    &id,
+                    &partner,
+                    &format!("journey abandoned by {}: {}", r.operator, r.reason),
+                )
+                .await?;
+        }
+        let scope = "ResumeApplication".to_string();
+        let app = idempotency::run(&self.db, scope, r.request_id.clone(), hash, move |tx| {
+            Box::pin(async move {
+                let row: Option<(String, String)> = sqlx::query_as(
+                    "SELECT status, parked_step FROM applications WHERE application_id = $1",
+                )
+                .bind(&r.application_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let (status, step) = row.ok_or_else(|| ApiError::NotFound("application".into()))?;
+                if status != Status::Parked.name() {
+                    return Err(ApiError::InvalidState(format!(
+                        "the application is {status}; only a PARKED journey can be resumed or abandoned"
+                    )));
+                }
+                let now = now_millis();
+                let (to, reasons, detail) = if abandon {
+                    (
+                        Status::Failed,
+                        vec!["ABANDONED".to_string()],
+                        format!("abandoned by {}: {}; {compensated}", r.operator, r.reason),
+                    )
+                } else {
+                    let to = Status::parse(&step)
+                        .filter(|s| s.is_in_progress())
+                        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad parked step {step}")))?;
+                    (to, Vec::new(), format!("resumed at {step} by {}: {}", r.operator, r.reason))
+                };
+                sqlx::query(
+                    "UPDATE applications SET status = $1, reason_codes = $2, parked_step = '', lease_owner = '', \
+                     lease_until = 0, updated_at = $3 WHERE application_id = $4 AND status = 'PARKED'",
+                )
+                .bind(to.name())
+                .bind(reasons.join(","))
+                .bind(now)
+                .bind(&r.application_id)
+                .execute(&mut *tx)
+                .await?;
+                insert_event(tx, &r.application_id, to, &detail, &reasons, now).await?;
+                if !to.holds_borrower() {
+                    release_borrower(tx, &r.application_id).await?;
+                }
+                load(tx, &r.application_id, None)
+                    .await?
+                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application vanished")))
+            })
+        })
+        .await?;
+        self.journey.notify(&id);
+        if !abandon && app.status != pb::ApplicationStatus::Parked as i32 {
+            self.journey.start(id);
+        }
         Ok(app)
     }
 }

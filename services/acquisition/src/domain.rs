@@ -13,10 +13,11 @@ pub enum Status {
     Disbursed,
     Repaying,
     Failed,
+    Parked,
 }
 
 impl Status {
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 11] = [
         Status::Submitted,
         Status::KycPassed,
         Status::KycRejected,
@@ -27,6 +28,7 @@ impl Status {
         Status::Disbursed,
         Status::Repaying,
         Status::Failed,
+        Status::Parked,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -41,6 +43,7 @@ impl Status {
             Status::Disbursed => "DISBURSED",
             Status::Repaying => "REPAYING",
             Status::Failed => "FAILED",
+            Status::Parked => "PARKED",
         }
     }
 
@@ -69,7 +72,11 @@ impl Status {
     pub fn holds_borrower(&self) -> bool {
         matches!(
             self,
-            Status::Submitted | Status::KycPassed | Status::Approved | Status::FundsReserved
+            Status::Submitted
+                | Status::KycPassed
+                | Status::Approved
+                | Status::FundsReserved
+                | Status::Parked
         )
     }
 
@@ -82,6 +89,10 @@ impl Status {
             }
             // A reservation voided before disbursement (released or expired).
             (Status::FundsReserved, Status::FundingRejected) => Status::FundingRejected,
+            // The pivot happened for a parked journey (its reservation went
+            // through after all and the bank disbursed): forward only.
+            (Status::Parked, Status::Disbursed) => Status::Disbursed,
+            (Status::Parked, Status::Repaying) => Status::Repaying,
             (s, _) => s,
         }
     }

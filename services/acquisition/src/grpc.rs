@@ -324,4 +324,36 @@ impl AcquisitionService for AcquisitionGrpc {
             application: Some(app),
         }))
     }
+
+    async fn resume_application(
+        &self,
+        request: Request<pb::ResumeApplicationRequest>,
+    ) -> Result<Response<pb::ResumeApplicationResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        v.request_id(&r.request_id);
+        v.id("application_id", &r.application_id);
+        v.check(
+            r.action == pb::ResumeAction::Retry as i32
+                || r.action == pb::ResumeAction::Abandon as i32,
+            "action",
+            "must be RETRY or ABANDON",
+        );
+        v.check(
+            (1..=64).contains(&r.operator.chars().count()),
+            "operator",
+            "must be 1 to 64 characters",
+        );
+        v.check(
+            (1..=500).contains(&r.reason.chars().count()),
+            "reason",
+            "must be 1 to 500 characters",
+        );
+        v.into_result()?;
+        let hash = request_hash(&r);
+        let app = self.app.resume(hash, r).await?;
+        Ok(Response::new(pb::ResumeApplicationResponse {
+            application: Some(app),
+        }))
+    }
 }

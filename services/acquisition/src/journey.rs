@@ -1,7 +1,22 @@
-//! The loan's journey: KYC → the bank's credit decision → funding. Each step
-//! calls another service with a request id derived from the application, so
-//! a retried or resumed step is never done twice, and each result is
-//! committed with the status change and an event in the history.
+//! The loan's journey: KYC → the bank's credit decision → funding, as a
+//! durable state machine.
+//!
+//! - The state is the application's status, committed with each step's
+//!   result, its history event and an outbox event in one transaction.
+//! - One owner at a time: a journey is advanced only under a lease
+//!   (`lease_owner`, `lease_until`) renewed at every step. The sweeper of
+//!   every replica takes over journeys whose lease has run out, so after a
+//!   crash or restart every unfinished journey resumes.
+//! - Every step calls another service with a request id derived from the
+//!   application (`<id>:kyc`, `<id>:credit`, `<id>:funding`), so a step run
+//!   again after a crash returns the first result instead of acting twice.
+//! - A step that keeps failing for technical reasons is retried with
+//!   exponential backoff and jitter, then the journey is PARKED with
+//!   the reason and the step it stopped at, until an operator retries it or
+//!   abandons it (`ResumeApplication`). Abandoning compensates in reverse
+//!   order before the disbursement (the reservation is voided, the
+//!   application closed with the reason); after the disbursement (the
+//!   pivot, done by the bank core) there is only forward recovery.
 use crate::app::{insert_event, load, release_borrower};
 use crate::domain::Status;
 use colend_contracts::acquisition::v1 as pb;
@@ -12,17 +27,21 @@ use colend_contracts::funding::v1 as funding;
 use colend_contracts::funding::v1::funding_service_client::FundingServiceClient;
 use colend_contracts::kyc::v1 as kyc;
 use colend_contracts::kyc::v1::kyc_service_client::KycServiceClient;
+use colend_platform::config::env_parse;
 use colend_platform::error::from_downstream;
+use colend_platform::fault::crash_point;
 use colend_platform::grpc::{TracedChannel, request, traced_channel};
 use colend_platform::time::now_millis;
 use colend_platform::{ApiError, ApiResult, Db, Mesh};
+use futures::StreamExt;
 use prost::Message;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tracing::Instrument;
 
-/// Attempts of a step before the application is failed.
-const STEP_ATTEMPTS: u32 = 6;
+/// Statuses with automatic steps left, as SQL.
+const IN_PROGRESS: &str = "('SUBMITTED', 'KYC_PASSED', 'APPROVED')";
 
 #[derive(Clone)]
 pub struct Journey {
@@ -33,6 +52,40 @@ pub struct Journey {
     timeout: Duration,
     changes: broadcast::Sender<String>,
     sealer: colend_platform::sealing::Sealer,
+    settings: Arc<Settings>,
+    outbox_ready: Arc<Notify>,
+}
+
+/// How journeys are run (environment, with defaults).
+struct Settings {
+    /// This replica's name on the leases it holds (`COLEND_INSTANCE_ID`,
+    /// else `HOSTNAME`, which Kubernetes sets to the pod's name): a
+    /// restarted pod takes its own journeys back at once.
+    owner: String,
+    /// How long a lease lasts without renewal (`COLEND_JOURNEY_LEASE_MS`, 30000).
+    lease_ms: i64,
+    /// How often the sweeper looks for journeys to take over (`COLEND_JOURNEY_SWEEP_MS`, 2000).
+    sweep: Duration,
+    /// Attempts of a step before the journey is parked (`COLEND_JOURNEY_STEP_ATTEMPTS`, 10:
+    /// with the backoff below, a service may be away about 15 to 30 s).
+    attempts: u32,
+    /// First retry delay; doubles up to 5 s (`COLEND_JOURNEY_BACKOFF_MS`, 200).
+    backoff: Duration,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Settings> {
+        let owner = colend_platform::config::env_opt("COLEND_INSTANCE_ID")
+            .or_else(|| colend_platform::config::env_opt("HOSTNAME"))
+            .unwrap_or_else(|| "colend".to_string());
+        Ok(Settings {
+            owner: format!("{owner}/acquisition"),
+            lease_ms: env_parse("COLEND_JOURNEY_LEASE_MS", 30_000i64)?.max(100),
+            sweep: Duration::from_millis(env_parse("COLEND_JOURNEY_SWEEP_MS", 2_000u64)?.max(10)),
+            attempts: env_parse("COLEND_JOURNEY_STEP_ATTEMPTS", 10u32)?.max(1),
+            backoff: Duration::from_millis(env_parse("COLEND_JOURNEY_BACKOFF_MS", 200u64)?.max(1)),
+        })
+    }
 }
 
 /// What a step decided.
@@ -54,6 +107,8 @@ impl Journey {
             timeout: mesh.call_timeout,
             changes,
             sealer: mesh.sealer.clone(),
+            settings: Arc::new(Settings::from_env()?),
+            outbox_ready: Arc::new(Notify::new()),
         })
     }
 
@@ -62,8 +117,9 @@ impl Journey {
         self.changes.subscribe()
     }
 
-    pub fn notify(&self, application_id: &str) {
-        let _ = self.changes.send(application_id.to_string());
+    /// Wakes the outbox relay: a status change was committed.
+    pub fn notify(&self, _application_id: &str) {
+        self.outbox_ready.notify_one();
     }
 
     /// Runs the journey of an application in the background.
@@ -81,34 +137,128 @@ impl Journey {
         );
     }
 
-    /// On start-up: resumes every journey that has steps left.
-    pub fn resume_unfinished(&self) {
+    /// Starts the background workers: the sweeper, which resumes every
+    /// unfinished journey at start-up and takes over those whose owner's
+    /// lease ran out; and the outbox relay, which tells the partners'
+    /// watch streams of every committed status change, at least once.
+    pub fn spawn_workers(&self, workers: &colend_platform::lifecycle::Workers) {
         let this = self.clone();
-        tokio::spawn(async move {
-            let rows: Result<Vec<(String,)>, _> = sqlx::query_as(
-                "SELECT application_id FROM applications WHERE status IN ('SUBMITTED', 'KYC_PASSED', 'APPROVED') ORDER BY application_id",
-            )
-            .fetch_all(&this.db.pool)
-            .await;
-            match rows {
-                Ok(rows) => {
-                    if !rows.is_empty() {
-                        tracing::info!(count = rows.len(), "resuming unfinished journeys");
-                    }
-                    for (id,) in rows {
-                        if let Err(e) = this.advance(&id).await {
-                            tracing::error!(application_id = id, error = %e, "resumed journey stopped");
-                        }
-                    }
+        workers.spawn("journey-sweeper", |mut stopping| async move {
+            loop {
+                if let Err(e) = this.sweep().await {
+                    tracing::warn!(error = %e, "sweeping journeys failed");
                 }
-                Err(e) => tracing::error!(error = %e, "could not list unfinished journeys"),
+                if stopping.sleep(this.settings.sweep).await {
+                    return;
+                }
             }
         });
+        let this = self.clone();
+        workers.spawn("acquisition-outbox-relay", |mut stopping| async move {
+            while !stopping.is_stopping() {
+                match this.relay_once().await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "relaying status changes failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = this.outbox_ready.notified() => {}
+                    _ = stopping.stopped() => {}
+                }
+            }
+        });
+    }
+
+    /// Takes over every unfinished journey without a live owner.
+    async fn sweep(&self) -> ApiResult<()> {
+        let rows: Vec<(String,)> = sqlx::query_as(&format!(
+            "SELECT application_id FROM applications WHERE status IN {IN_PROGRESS} \
+             AND (lease_until < $1 OR lease_owner = $2) ORDER BY updated_at LIMIT 500"
+        ))
+        .bind(now_millis())
+        .bind(&self.settings.owner)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let (parked,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM applications WHERE status = 'PARKED'")
+                .fetch_one(&self.db.pool)
+                .await?;
+        metrics::gauge!("colend_journeys_parked").set(parked as f64);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(count = rows.len(), "resuming unfinished journeys");
+        futures::stream::iter(rows)
+            .for_each_concurrent(16, |(id,)| async move {
+                let span = tracing::info_span!("journey", application_id = %id);
+                if let Err(e) = self.advance(&id).instrument(span).await {
+                    tracing::error!(application_id = id, error = %e, "resumed journey stopped");
+                }
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Relays pending outbox events to the watch streams; true when a full
+    /// batch went out. A watcher deduplicates by the application's version.
+    async fn relay_once(&self) -> ApiResult<bool> {
+        let pending: Vec<(String, String)> = sqlx::query_as(
+            "SELECT event_id, application_id FROM outbox WHERE sent_at = 0 ORDER BY created_at, event_id LIMIT 500",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        if pending.is_empty() {
+            return Ok(false);
+        }
+        crash_point("acquisition.outbox.after_insert");
+        for (_, application_id) in &pending {
+            let _ = self.changes.send(application_id.clone());
+        }
+        let now = now_millis();
+        for chunk in pending.chunks(100) {
+            let marks = (0..chunk.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("UPDATE outbox SET sent_at = $1 WHERE event_id IN ({marks})");
+            let mut q = sqlx::query(&sql).bind(now);
+            for (event_id, _) in chunk {
+                q = q.bind(event_id);
+            }
+            q.execute(&self.db.pool).await?;
+        }
+        // Relayed events are kept an hour, then removed.
+        sqlx::query("DELETE FROM outbox WHERE sent_at > 0 AND sent_at < $1")
+            .bind(now - 3_600_000)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(pending.len() == 500)
+    }
+
+    /// Takes the lease of an unfinished journey: true when this replica now owns it.
+    async fn claim(&self, application_id: &str) -> ApiResult<bool> {
+        let now = now_millis();
+        let claimed = sqlx::query(&format!(
+            "UPDATE applications SET lease_owner = $1, lease_until = $2 WHERE application_id = $3 \
+             AND status IN {IN_PROGRESS} AND (lease_owner = $1 OR lease_until < $4)"
+        ))
+        .bind(&self.settings.owner)
+        .bind(now + self.settings.lease_ms)
+        .bind(application_id)
+        .bind(now)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(claimed.rows_affected() == 1)
     }
 
     /// Takes the application through every step it has left.
     pub async fn advance(&self, application_id: &str) -> ApiResult<()> {
         loop {
+            if !self.claim(application_id).await? {
+                // Finished, parked, or another replica's lease is live.
+                return Ok(());
+            }
             type Row = (String, String, String, i64, String, String, String);
             let (status, body, partner, kyc_age, kyc_region, decision, person_key): Row =
                 sqlx::query_as(
@@ -147,6 +297,7 @@ impl Journey {
                     .await
                 }
                 Status::Approved => {
+                    colend_platform::fault::pause_point("acquisition.journey.before_funding").await;
                     let d: pb::DecisionSummary = hex::decode(&decision)
                         .ok()
                         .and_then(|b| pb::DecisionSummary::decode(b.as_slice()).ok())
@@ -159,27 +310,45 @@ impl Journey {
                 _ => return Ok(()),
             };
             let result = match step {
-                Ok(r) => r,
-                Err(e) => StepResult {
-                    to: Status::Failed,
-                    detail: format!("the journey could not continue: {e}"),
-                    reasons: vec![e.reason().to_string()],
-                    columns: Vec::new(),
-                },
+                Ok(r) => {
+                    crash_point("acquisition.journey.after_downstream");
+                    r
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        application_id,
+                        step = status.name(),
+                        error = %e,
+                        "journey parked"
+                    );
+                    StepResult {
+                        to: Status::Parked,
+                        detail: format!(
+                            "parked at {}: {e}; the bank's operators can retry or abandon it",
+                            status.name()
+                        ),
+                        reasons: vec![e.reason().to_string()],
+                        columns: vec![("parked_step", status.name().to_string())],
+                    }
+                }
             };
             if !self.transition(application_id, status, result).await? {
                 // Another worker moved it on; look again.
                 continue;
             }
+            crash_point("acquisition.journey.after_commit");
         }
     }
 
-    async fn with_retries<'a, F, Fut>(&'a self, mut f: F) -> ApiResult<StepResult>
+    /// Runs a step, retrying technical failures with exponential backoff
+    /// and jitter. Every step is idempotent (its request id is derived
+    /// from the application), so retrying it is safe.
+    async fn with_retries<'a, T, F, Fut>(&'a self, mut f: F) -> ApiResult<T>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = ApiResult<StepResult>> + 'a,
+        Fut: std::future::Future<Output = ApiResult<T>> + 'a,
     {
-        let mut delay = Duration::from_millis(100);
+        let mut cap = self.settings.backoff;
         let mut attempt = 1;
         loop {
             match f().await {
@@ -187,16 +356,58 @@ impl Journey {
                     e @ (ApiError::Dependency { .. }
                     | ApiError::RequestInFlight
                     | ApiError::Internal(_)),
-                ) if attempt < STEP_ATTEMPTS => {
+                ) if attempt < self.settings.attempts => {
                     tracing::warn!(attempt, error = %e, "journey step failed; retrying");
-                    // Full jitter would need a random source; half-fixed spread is enough here.
-                    tokio::time::sleep(delay + Duration::from_millis((now_millis() % 50) as u64))
-                        .await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    metrics::counter!("colend_journey_retries_total").increment(1);
+                    // Equal jitter: half the delay for sure, half at random,
+                    // so retries of many journeys spread out but still wait.
+                    let half = cap.as_millis() as u64 / 2;
+                    let wait = half + rand::random_range(0..=half);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    cap = (cap * 2).min(Duration::from_secs(5));
                     attempt += 1;
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// Voids the funding reservation the journey may have made (the
+    /// compensation of the funding step); Ok when there was none.
+    pub async fn compensate_funding(
+        &self,
+        id: &str,
+        partner: &str,
+        why: &str,
+    ) -> ApiResult<String> {
+        let msg = funding::ReleaseFundingRequest {
+            request_id: format!("{id}:release"),
+            loan_id: String::new(),
+            reason: why.chars().take(500).collect(),
+            application_id: id.to_string(),
+        };
+        let released = self
+            .with_retries(|| {
+                let mut funding = self.funding.clone();
+                let msg = msg.clone();
+                async move {
+                    funding
+                        .release_funding(request(msg, self.timeout, Some(partner)))
+                        .await
+                        .map_err(|s| from_downstream("funding", s))
+                }
+            })
+            .await;
+        match released {
+            Ok(r) => Ok(format!(
+                "reservation {} voided",
+                r.into_inner().loan.unwrap_or_default().loan_id
+            )),
+            Err(ApiError::NotFound(_)) => Ok("no reservation to void".into()),
+            Err(ApiError::InvalidState(m)) if m.contains("VOID") => {
+                Ok("the reservation was already void".into())
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -438,22 +649,32 @@ impl Journey {
         }
     }
 
-    /// Commits a step: status, columns and event in one transaction, only if
-    /// the application is still in `from`. Returns false when it was not.
+    /// Commits a step: status, columns, history and outbox event in one
+    /// transaction, only if the application is still in `from`; renews the
+    /// lease while steps remain and gives it up when none do. Returns false
+    /// when the application had moved on.
     async fn transition(&self, id: &str, from: Status, r: StepResult) -> ApiResult<bool> {
         let to = r.to;
         let db = self.db.clone();
         let id_owned = id.to_string();
+        let (owner, lease_until) = if to.is_in_progress() {
+            (
+                self.settings.owner.clone(),
+                now_millis() + self.settings.lease_ms,
+            )
+        } else {
+            (String::new(), 0)
+        };
         // Spawned: a cancelled caller cannot leave the transaction half-done.
         let done = tokio::spawn(async move {
             let id = id_owned;
             let mut tx = db.pool.begin().await?;
             let now = now_millis();
             let mut sql = String::from(
-                "UPDATE applications SET status = $1, reason_codes = $2, updated_at = $3",
+                "UPDATE applications SET status = $1, reason_codes = $2, updated_at = $3, lease_owner = $6, lease_until = $7",
             );
             for (i, (col, _)) in r.columns.iter().enumerate() {
-                sql.push_str(&format!(", {col} = ${}", i + 6));
+                sql.push_str(&format!(", {col} = ${}", i + 8));
             }
             sql.push_str(" WHERE application_id = $4 AND status = $5");
             let mut q = sqlx::query(&sql)
@@ -461,7 +682,9 @@ impl Journey {
                 .bind(r.reasons.join(","))
                 .bind(now)
                 .bind(&id)
-                .bind(from.name());
+                .bind(from.name())
+                .bind(owner)
+                .bind(lease_until);
             for (col, v) in &r.columns {
                 q = match *col {
                     "kyc_age" => q.bind(v.parse::<i64>().unwrap_or(0)),
@@ -489,8 +712,7 @@ impl Journey {
                 to = to.name(),
                 "application moved"
             );
-            if to == Status::Failed {
-                // A journey that could not go on: it waits for an operator.
+            if to == Status::Parked {
                 metrics::counter!("colend_journeys_parked_total").increment(1);
             }
             self.notify(id);

@@ -27,7 +27,8 @@ pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Re
     colend_platform::Db::migrate(backends, "acquisition", &MIGRATOR).await
 }
 
-/// Connects storage, resumes unfinished journeys, and returns the service.
+/// Connects storage, starts the journey sweeper (which resumes unfinished
+/// journeys) and the outbox relay, and returns the service.
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "acquisition", &MIGRATOR).await?;
     colend_platform::audit::register(SERVICE, &db);
@@ -39,9 +40,10 @@ pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
         mesh.sealer.clone(),
         journey.clone(),
     );
-    journey.resume_unfinished();
+    journey.spawn_workers(&mesh.workers);
     let server = grpc::server(app);
     Ok(Registered::new(SERVICE, move |routes| {
         routes.add_service(server);
-    }))
+    })
+    .with_workers(&mesh.workers))
 }

@@ -17,6 +17,52 @@ use colend_core::money::format_minor;
 use colend_platform::auth::{Class, sign_request};
 use colend_platform::grpc::{TracedChannel, traced_channel};
 
+/// Retries a call while the service is unreachable, busy or restarting.
+/// Every call the demo makes is idempotent (same request id, or a read),
+/// so a retry never acts twice; backoff doubles to 2 s with full jitter,
+/// for at most 90 s.
+pub(crate) async fn retry<T, F, Fut>(mut f: F) -> Result<tonic::Response<T>, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let give_up = Instant::now() + Duration::from_secs(90);
+    let mut cap = Duration::from_millis(50);
+    loop {
+        match f().await {
+            Err(s) if retryable(&s) && Instant::now() < give_up => {
+                let wait = rand::random_range(0..=cap.as_millis() as u64);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                cap = (cap * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A failure worth retrying with the same request id.
+pub(crate) fn retryable(s: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    matches!(
+        s.code(),
+        Unavailable | Aborted | DeadlineExceeded | Unknown | ResourceExhausted | Cancelled
+    ) || (s.code() == Internal && s.message().contains("transport"))
+}
+
+/// `client.method(request(message, CALL, partner))`, retried (see [`retry`]).
+macro_rules! call {
+    ($client:expr, $method:ident, $msg:expr, $partner:expr) => {{
+        let msg = $msg;
+        let partner: Option<&str> = $partner;
+        retry(|| {
+            let mut client = $client.clone();
+            let m = msg.clone();
+            async move { client.$method(request(m, CALL, partner)).await }
+        })
+        .await
+    }};
+}
+
 /// A call as the partner (`Some`) or as the bank core (`None`), with a
 /// token signed by this process's key (`COLEND_AUTH_KEYS`, or the
 /// development key that `colend up` also uses).
@@ -207,7 +253,7 @@ fn reason_of(s: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
-pub(crate) fn status_name(s: i32) -> String {
+pub fn status_name(s: i32) -> String {
     acq::ApplicationStatus::try_from(s)
         .map(|x| {
             x.as_str_name()
@@ -282,10 +328,13 @@ async fn one(
     today: String,
     dup: &std::sync::atomic::AtomicU64,
 ) -> Outcome {
-    let mut acqc = c.acquisition.clone();
-    let submitted = acqc
-        .submit_application(request(submission(&c, i, &b, ""), CALL, Some(&c.partner)))
-        .await;
+    let acqc = c.acquisition.clone();
+    let submitted = call!(
+        acqc,
+        submit_application,
+        submission(&c, i, &b, ""),
+        Some(c.partner.as_str())
+    );
     let app = match submitted {
         Ok(r) => r.into_inner().application.unwrap_or_default(),
         Err(s) if s.code() == tonic::Code::InvalidArgument && b.plant == Plant::InvalidId => {
@@ -295,14 +344,12 @@ async fn one(
     };
     // Every 50th good borrower is submitted twice while in flight: dedup must refuse it.
     if b.plant == Plant::Good && i % 50 == 3 {
-        match acqc
-            .submit_application(request(
-                submission(&c, i, &b, "-again"),
-                CALL,
-                Some(&c.partner),
-            ))
-            .await
-        {
+        match call!(
+            acqc,
+            submit_application,
+            submission(&c, i, &b, "-again"),
+            Some(c.partner.as_str())
+        ) {
             Err(s)
                 if s.code() == tonic::Code::AlreadyExists
                     && reason_of(&s) == "DUPLICATE_APPLICATION" =>
@@ -332,21 +379,19 @@ async fn one(
         .map(|f| f.loan_id.clone())
         .unwrap_or_default();
     // As the bank core: disburse, then book the first instalment.
-    let mut fc = c.funding.clone();
+    let fc = c.funding.clone();
     let disb_ref = format!("BNK-D-{}", &loan_id[5..]);
-    let loan = match fc
-        .book_disbursement(request(
-            fund::BookDisbursementRequest {
-                request_id: format!("demo-disburse-{loan_id}"),
-                loan_id: loan_id.clone(),
-                value_date: today.clone(),
-                bank_transaction_ref: disb_ref.clone(),
-            },
-            CALL,
-            None,
-        ))
-        .await
-    {
+    let loan = match call!(
+        fc,
+        book_disbursement,
+        fund::BookDisbursementRequest {
+            request_id: format!("demo-disburse-{loan_id}"),
+            loan_id: loan_id.clone(),
+            value_date: today.clone(),
+            bank_transaction_ref: disb_ref.clone(),
+        },
+        None
+    ) {
         Ok(r) => r.into_inner().loan.unwrap_or_default(),
         Err(s) => return Outcome::Error(format!("disburse #{i}: {} {}", s.code(), s.message())),
     };
@@ -356,13 +401,12 @@ async fn one(
     if b.plant == Plant::AtBorrowerCap {
         // Only once the partner sees the loan disbursed is the borrower free to apply again.
         wait_for(&c, &app.application_id, &["DISBURSED", "REPAYING"]).await;
-        let again = acqc
-            .submit_application(request(
-                submission(&c, i, &b, "-repeat"),
-                CALL,
-                Some(&c.partner),
-            ))
-            .await;
+        let again = call!(
+            acqc,
+            submit_application,
+            submission(&c, i, &b, "-repeat"),
+            Some(c.partner.as_str())
+        );
         match again {
             Ok(r) => match watch(&c, r.into_inner().application.unwrap_or_default()).await {
                 Ok(a) => repeat = Some((status_name(a.status), a.reason_codes)),
@@ -373,20 +417,18 @@ async fn one(
     }
     let first = loan.schedule.first().map(|x| minor(&x.total)).unwrap_or(0);
     let rep_ref = format!("BNK-R-{}-1", &loan_id[5..]);
-    let rep = match fc
-        .book_repayment(request(
-            fund::BookRepaymentRequest {
-                request_id: format!("demo-repay-{loan_id}-1"),
-                loan_id: loan_id.clone(),
-                amount: cny(first),
-                value_date: today.clone(),
-                bank_transaction_ref: rep_ref.clone(),
-            },
-            CALL,
-            None,
-        ))
-        .await
-    {
+    let rep = match call!(
+        fc,
+        book_repayment,
+        fund::BookRepaymentRequest {
+            request_id: format!("demo-repay-{loan_id}-1"),
+            loan_id: loan_id.clone(),
+            amount: cny(first),
+            value_date: today.clone(),
+            bank_transaction_ref: rep_ref.clone(),
+        },
+        None
+    ) {
         Ok(r) => r.into_inner().repayment.unwrap_or_default(),
         Err(s) => return Outcome::Error(format!("repay #{i}: {} {}", s.code(), s.message())),
     };
@@ -418,16 +460,14 @@ async fn one(
         },
     ];
     // As the partner: its own view of the loan.
-    let theirs = match fc
-        .get_loan(request(
-            fund::GetLoanRequest {
-                loan_id: loan_id.clone(),
-            },
-            CALL,
-            Some(&c.partner),
-        ))
-        .await
-    {
+    let theirs = match call!(
+        fc,
+        get_loan,
+        fund::GetLoanRequest {
+            loan_id: loan_id.clone(),
+        },
+        Some(c.partner.as_str())
+    ) {
         Ok(r) => r.into_inner().loan.unwrap_or_default(),
         Err(s) => return Outcome::Error(format!("get loan #{i}: {} {}", s.code(), s.message())),
     };
@@ -452,24 +492,23 @@ async fn one(
         });
     }
     // Both sides record the day's movements with reconciliation.
-    let mut rc = c.recon.clone();
+    let rc = c.recon.clone();
     for (side, recs) in [
         (recon::Side::Bank, &bank_recs),
         (recon::Side::Partner, &partner_recs),
     ] {
-        let ingest = rc
-            .ingest_records(request(
-                recon::IngestRecordsRequest {
-                    request_id: format!("demo-{}-recon-{}-{i}", c.run, side.as_str_name()),
-                    partner_id: c.partner.clone(),
-                    business_date: today.clone(),
-                    side: side as i32,
-                    records: recs.iter().map(Rec::to_pb).collect(),
-                },
-                CALL,
-                None,
-            ))
-            .await;
+        let ingest = call!(
+            rc,
+            ingest_records,
+            recon::IngestRecordsRequest {
+                request_id: format!("demo-{}-recon-{}-{i}", c.run, side.as_str_name()),
+                partner_id: c.partner.clone(),
+                business_date: today.clone(),
+                side: side as i32,
+                records: recs.iter().map(Rec::to_pb).collect(),
+            },
+            None
+        );
         if let Err(s) = ingest {
             return Outcome::Error(format!("ingest #{i}: {} {}", s.code(), s.message()));
         }
@@ -515,45 +554,62 @@ async fn wait_for(c: &Clients, application_id: &str, statuses: &[&str]) -> Strin
     last
 }
 
-/// Follows an application until funds are reserved or it ends.
+/// Follows an application until funds are reserved, it ends, or it is
+/// parked. A broken stream (a service restarting) is opened again.
 pub(crate) async fn watch(c: &Clients, app: acq::Application) -> Result<acq::Application, String> {
-    let mut acqc = c.acquisition.clone();
-    let watched = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut stream = acqc
-            .watch_application(request(
-                acq::WatchApplicationRequest {
-                    application_id: app.application_id.clone(),
-                },
-                Duration::from_secs(60),
-                Some(&c.partner),
-            ))
-            .await?
-            .into_inner();
-        let mut last = app.clone();
-        while let Some(m) = stream.message().await? {
-            last = m.application.unwrap_or_default();
-            let s = status_name(last.status);
-            if matches!(
-                s.as_str(),
-                "FUNDS_RESERVED" | "KYC_REJECTED" | "DECLINED" | "FUNDING_REJECTED" | "FAILED"
-            ) {
-                break;
-            }
+    const FINAL: [&str; 6] = [
+        "FUNDS_RESERVED",
+        "KYC_REJECTED",
+        "DECLINED",
+        "FUNDING_REJECTED",
+        "FAILED",
+        "PARKED",
+    ];
+    let give_up = Instant::now() + Duration::from_secs(90);
+    let mut last = app.clone();
+    loop {
+        let left = give_up.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("no final status within 90 s".into());
         }
-        Ok::<_, tonic::Status>(last)
-    })
-    .await;
-    match watched {
-        Ok(Ok(a)) => Ok(a),
-        Ok(Err(s)) => Err(format!("{} {}", s.code(), s.message())),
-        Err(_) => Err("no final status within 60 s".into()),
+        let mut acqc = c.acquisition.clone();
+        let watched = tokio::time::timeout(left, async {
+            let mut stream = acqc
+                .watch_application(request(
+                    acq::WatchApplicationRequest {
+                        application_id: app.application_id.clone(),
+                    },
+                    left,
+                    Some(&c.partner),
+                ))
+                .await?
+                .into_inner();
+            while let Some(m) = stream.message().await? {
+                last = m.application.unwrap_or_default();
+                if FINAL.contains(&status_name(last.status).as_str()) {
+                    return Ok(true);
+                }
+            }
+            Ok::<_, tonic::Status>(false)
+        })
+        .await;
+        match watched {
+            Ok(Ok(true)) => return Ok(last),
+            Ok(Ok(false)) => {}
+            Ok(Err(s)) if retryable(&s) => {}
+            Ok(Err(s)) => return Err(format!("{} {}", s.code(), s.message())),
+            Err(_) => return Err("no final status within 90 s".into()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 pub(crate) async fn setup(c: &Clients, share_bps: i32) -> anyhow::Result<()> {
-    let mut f = c.funding.clone();
+    let f = c.funding.clone();
     // The partner goes on the bank's whitelist (rule C12).
-    f.whitelist_institution(request(
+    call!(
+        f,
+        whitelist_institution,
         fund::WhitelistInstitutionRequest {
             request_id: format!("demo-whitelist-{}", c.partner),
             entry: Some(fund::WhitelistEntry {
@@ -563,20 +619,19 @@ pub(crate) async fn setup(c: &Clients, share_bps: i32) -> anyhow::Result<()> {
                 effective_to: String::new(),
             }),
         },
-        CALL,
-        None,
-    ))
-    .await?;
+        None
+    )?;
     // Reference data for rules C2 and C3, unless the bank has set its own.
-    let reference = f
-        .get_bank_reference(request(
-            fund::GetBankReferenceRequest::default(),
-            CALL,
-            None,
-        ))
-        .await;
+    let reference = call!(
+        f,
+        get_bank_reference,
+        fund::GetBankReferenceRequest::default(),
+        None
+    );
     if matches!(&reference, Err(s) if s.code() == tonic::Code::NotFound) {
-        f.set_bank_reference(request(
+        call!(
+            f,
+            set_bank_reference,
             fund::SetBankReferenceRequest {
                 request_id: "demo-bank-reference".into(),
                 reference: Some(fund::BankReference {
@@ -586,14 +641,14 @@ pub(crate) async fn setup(c: &Clients, share_bps: i32) -> anyhow::Result<()> {
                     as_of: "2026-09-30".into(),
                 }),
             },
-            CALL,
-            None,
-        ))
-        .await?;
+            None
+        )?;
     } else {
         reference?;
     }
-    f.upsert_agreement(request(
+    call!(
+        f,
+        upsert_agreement,
         fund::UpsertAgreementRequest {
             request_id: format!("demo-agreement-{}", c.partner),
             agreement: Some(fund::Agreement {
@@ -609,11 +664,9 @@ pub(crate) async fn setup(c: &Clients, share_bps: i32) -> anyhow::Result<()> {
                 ..Default::default()
             }),
         },
-        CALL,
-        None,
-    ))
-    .await?;
-    let mut k = c.kyc.clone();
+        None
+    )?;
+    let k = c.kyc.clone();
     for (n, (kind, name, note)) in [
         (
             kyc::WatchlistKind::Fraud,
@@ -629,17 +682,17 @@ pub(crate) async fn setup(c: &Clients, share_bps: i32) -> anyhow::Result<()> {
     .into_iter()
     .enumerate()
     {
-        k.add_watchlist_entry(request(
+        call!(
+            k,
+            add_watchlist_entry,
             kyc::AddWatchlistEntryRequest {
                 request_id: format!("demo-watchlist-{n}"),
                 kind: kind as i32,
                 name: name.into(),
                 note: note.into(),
             },
-            CALL,
-            None,
-        ))
-        .await?;
+            None
+        )?;
     }
     Ok(())
 }
@@ -807,25 +860,24 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
     s.funded.partner = format_minor(s.funded.partner_minor);
 
     // Reconcile the day: the bank's records against the partner's.
-    let mut rc = c.recon.clone();
-    let run = rc
-        .run_reconciliation(request(
-            recon::RunReconciliationRequest {
-                request_id: format!("demo-{}-recon-run", c.run),
-                partner_id: partner.clone(),
-                business_date: today.clone(),
-                options: Some(recon::RunOptions {
-                    three_way: true,
-                    ..Default::default()
-                }),
-            },
-            CALL,
-            None,
-        ))
-        .await?
-        .into_inner()
-        .run
-        .unwrap_or_default();
+    let rc = c.recon.clone();
+    let run = call!(
+        rc,
+        run_reconciliation,
+        recon::RunReconciliationRequest {
+            request_id: format!("demo-{}-recon-run", c.run),
+            partner_id: partner.clone(),
+            business_date: today.clone(),
+            options: Some(recon::RunOptions {
+                three_way: true,
+                ..Default::default()
+            }),
+        },
+        None
+    )?
+    .into_inner()
+    .run
+    .unwrap_or_default();
     let matched = run
         .classes
         .iter()

@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod borrowers;
 pub mod demo;
+pub mod invariants;
 pub mod recon;
 
 use colend_platform::config::Backends;

@@ -77,6 +77,22 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Checks the money and journey invariants against the services'
+    /// storage (DATABASE_URL, or the SQLite files in --data-dir): every
+    /// journey ended or parked with a reason, splits sum to the principal,
+    /// every repayment cent allocated once, ledger balanced, no quota
+    /// overbooked, one effect per idempotency key. Exits non-zero on a violation.
+    Check {
+        #[arg(long, env = "COLEND_DATA_DIR", default_value = "./colend-data")]
+        data_dir: PathBuf,
+        /// First wait up to this many seconds for journeys in flight and
+        /// outboxes to settle.
+        #[arg(long, default_value_t = 0)]
+        wait_secs: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -205,6 +221,29 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "{}",
                 a.issue_for(class, partner_id.as_deref(), &subject, ttl_secs)
+            );
+            Ok(())
+        }
+        Command::Check {
+            data_dir,
+            wait_secs,
+            json,
+        } => {
+            let mut backends = Backends::from_env();
+            backends.data_dir = data_dir;
+            if wait_secs > 0 && !colend::invariants::settle(&backends, wait_secs).await? {
+                eprintln!("journeys still in flight after {wait_secs} s");
+            }
+            let report = colend::invariants::check(&backends).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            anyhow::ensure!(
+                report.holds(),
+                "{} invariant(s) violated",
+                report.violations().len()
             );
             Ok(())
         }

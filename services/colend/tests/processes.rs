@@ -52,7 +52,13 @@ async fn five_processes_on_postgres_and_redis() {
         )
         .env("COLEND_CACHE_PREFIX", &prefix)
         .env("COLEND_DATA_DIR", &dir.0)
-        .env("RUST_LOG", "warn")
+        // Shutdown steps are logged at info: the test reads them at the end.
+        .env(
+            "RUST_LOG",
+            "warn,colend_platform::grpc=info,colend_platform::lifecycle=info",
+        )
+        .stdout(std::fs::File::create(dir.0.join(format!("{svc}.out"))).unwrap())
+        .stderr(std::fs::File::create(dir.0.join(format!("{svc}.err"))).unwrap())
         .env(
             "COLEND_METRICS_LISTEN",
             format!("127.0.0.1:{}", metrics_ports[svc]),
@@ -127,6 +133,40 @@ async fn five_processes_on_postgres_and_redis() {
             .expect("stops within the bound")
             .unwrap();
         assert!(status.success(), "exit status {status}");
+    }
+    // Each flipped health to NOT_SERVING and drained; the background
+    // workers (outbox relays, sweepers) stopped within the bound.
+    let log = |svc: &str| {
+        ["out", "err"]
+            .iter()
+            .map(|x| std::fs::read_to_string(dir.0.join(format!("{svc}.{x}"))).unwrap_or_default())
+            .collect::<String>()
+    };
+    for svc in colend::SERVICES {
+        assert!(
+            log(svc).contains("health NOT_SERVING, draining"),
+            "{svc}: {}",
+            log(svc)
+        );
+    }
+    for (svc, workers) in [
+        (
+            "acquisition",
+            &["journey-sweeper", "acquisition-outbox-relay"][..],
+        ),
+        (
+            "funding",
+            &["funding-outbox-relay", "funding-expiry-sweeper"][..],
+        ),
+    ] {
+        let l = log(svc);
+        for w in workers {
+            assert!(
+                l.contains("worker stopped") && l.contains(w),
+                "{svc}: {w} did not stop: {l}"
+            );
+        }
+        assert!(!l.contains("did not stop within the bound"), "{l}");
     }
     colend_testkit::drop_database(&database_url).await;
 }

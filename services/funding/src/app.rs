@@ -934,6 +934,9 @@ impl Funding {
             Err(e) => e.reason().to_string(),
         };
         metrics::counter!("colend_reservations_total", "result" => outcome).increment(1);
+        if result.is_ok() {
+            colend_platform::fault::crash_point("funding.reserve.after_commit");
+        }
         result
     }
 
@@ -943,6 +946,7 @@ impl Funding {
         request_id: String,
         hash: String,
         loan_id: String,
+        application_id: String,
         reason: String,
     ) -> ApiResult<pb::Loan> {
         let loan = idempotency::run(
@@ -952,6 +956,18 @@ impl Funding {
             hash,
             move |tx| {
                 Box::pin(async move {
+                    let loan_id = if loan_id.is_empty() {
+                        let found: Option<(String,)> =
+                            sqlx::query_as("SELECT loan_id FROM loans WHERE application_id = $1")
+                                .bind(&application_id)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        found
+                            .map(|(id,)| id)
+                            .ok_or_else(|| ApiError::NotFound("reservation".into()))?
+                    } else {
+                        loan_id
+                    };
                     let l = void_reserved(tx, &loan_id).await?;
                     let event = loan_event(
                         &l,
@@ -1015,11 +1031,10 @@ impl Funding {
     }
 
     /// Sweeps expired reservations in the background.
-    pub fn spawn_sweeper(&self) {
+    pub fn spawn_sweeper(&self, workers: &colend_platform::lifecycle::Workers) {
         let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(this.settings.sweep_every).await;
+        workers.spawn("funding-expiry-sweeper", |mut stopping| async move {
+            while !stopping.sleep(this.settings.sweep_every).await {
                 if let Err(e) = this.sweep_expired().await {
                     tracing::warn!(error = %e, "sweeping expired reservations failed");
                 }
@@ -1213,6 +1228,8 @@ impl Funding {
             })
         })
         .await?;
+        // The disbursement and its loan event are committed; the relay has not run.
+        colend_platform::fault::crash_point("funding.outbox.after_insert");
         self.outbox_ready.notify_one();
         let currency = loan
             .principal
@@ -1460,17 +1477,20 @@ impl Funding {
 
     /// Relays the outbox to acquisition in the background, in order, at
     /// least once; woken right after a commit, and every second anyway.
-    pub fn spawn_relay(&self) {
+    pub fn spawn_relay(&self, workers: &colend_platform::lifecycle::Workers) {
         let this = self.clone();
-        tokio::spawn(async move {
-            loop {
+        workers.spawn("funding-outbox-relay", |mut stopping| async move {
+            while !stopping.is_stopping() {
                 match this.relay_once().await {
                     Ok(true) => continue,
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "relaying loan events failed"),
                 }
-                let _ = tokio::time::timeout(Duration::from_secs(1), this.outbox_ready.notified())
-                    .await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = this.outbox_ready.notified() => {}
+                    _ = stopping.stopped() => {}
+                }
             }
         });
     }

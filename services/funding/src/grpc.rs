@@ -165,7 +165,16 @@ impl FundingService for FundingGrpc {
         let r = request.into_inner();
         let mut v = Violations::new();
         v.request_id(&r.request_id);
-        v.id("loan_id", &r.loan_id);
+        if r.loan_id.is_empty() {
+            v.id("application_id", &r.application_id);
+        } else {
+            v.id("loan_id", &r.loan_id);
+            v.check(
+                r.application_id.is_empty(),
+                "application_id",
+                "give loan_id or application_id, not both",
+            );
+        }
         v.check(
             r.reason.chars().count() <= 500,
             "reason",
@@ -175,7 +184,7 @@ impl FundingService for FundingGrpc {
         let hash = request_hash(&r);
         let loan = self
             .app
-            .release(r.request_id, hash, r.loan_id, r.reason)
+            .release(r.request_id, hash, r.loan_id, r.application_id, r.reason)
             .await?;
         Ok(Response::new(pb::ReleaseFundingResponse {
             loan: Some(loan),

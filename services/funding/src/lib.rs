@@ -43,10 +43,11 @@ pub async fn register_with(mesh: Mesh, settings: app::Settings) -> anyhow::Resul
         mesh.call_timeout,
         settings,
     );
-    app.spawn_sweeper();
-    app.spawn_relay();
+    app.spawn_sweeper(&mesh.workers);
+    app.spawn_relay(&mesh.workers);
     let server = grpc::server(app);
     Ok(Registered::new(SERVICE, move |routes| {
         routes.add_service(server);
-    }))
+    })
+    .with_workers(&mesh.workers))
 }

@@ -167,6 +167,7 @@ async fn scenario(backend: Backend) {
         request_id: "rel1".into(),
         loan_id: ok[1].loan_id.clone(),
         reason: "test".into(),
+        ..Default::default()
     }))
     .await
     .unwrap();
