@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 /// The background workers of one mesh (one process, or one test server).
@@ -37,6 +37,31 @@ impl Workers {
         let mut handles = self.0.handles.lock().unwrap_or_else(|e| e.into_inner());
         handles.retain(|(_, h)| !h.is_finished());
         handles.push((name, handle));
+    }
+
+    /// Spawns an outbox relay: runs `round` (true when a full batch went
+    /// out, so another follows at once), then waits for `ready` (a commit
+    /// wrote an event) or a second, until shutdown.
+    pub fn spawn_relay<F, Fut, E>(&self, name: &'static str, ready: Arc<Notify>, mut round: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<bool, E>> + Send,
+        E: std::fmt::Display,
+    {
+        self.spawn(name, |mut stopping| async move {
+            while !stopping.is_stopping() {
+                match round().await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(worker = name, error = %e, "relay round failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = ready.notified() => {}
+                    _ = stopping.stopped() => {}
+                }
+            }
+        });
     }
 
     /// Tells every worker to stop and waits for them, at most `bound`.

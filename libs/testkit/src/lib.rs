@@ -7,6 +7,16 @@
 //! (default `redis://127.0.0.1:6379`). When they cannot be reached the test
 //! fails; it never skips.
 pub mod proxy;
+
+/// `n` distinct free loopback ports: all are held until every one is chosen.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
+}
 pub mod rpc;
 
 use colend_platform::config::Backends;

@@ -75,6 +75,43 @@ fn reset(s: TcpStream) {
     drop(s);
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Requests,
+    Answers,
+}
+
+/// Copies one direction of a connection, as the mode says, until it ends.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mode: watch::Receiver<Mode>,
+    direction: Direction,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let m = *mode.borrow();
+        match m {
+            Mode::Reset => return,
+            Mode::BlackHole => continue,
+            Mode::DropResponses if direction == Direction::Answers => continue,
+            Mode::DropResponses => {}
+            Mode::Pass(d) => {
+                if !d.is_zero() {
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn connection(client: TcpStream, target: u16, mut mode: watch::Receiver<Mode>) {
     if *mode.borrow() == Mode::Reset {
         return reset(client);
@@ -87,55 +124,10 @@ async fn connection(client: TcpStream, target: u16, mut mode: watch::Receiver<Mo
     // Whatever ends a connection here ends it with RST, as a reset would.
     let _ = client.set_zero_linger();
     let _ = server.set_zero_linger();
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let up_mode = mode.clone();
-    let up = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match cr.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let m = *up_mode.borrow();
-            match m {
-                Mode::Reset => return,
-                Mode::BlackHole => continue,
-                Mode::Pass(d) => {
-                    if !d.is_zero() {
-                        tokio::time::sleep(d).await;
-                    }
-                }
-                Mode::DropResponses => {}
-            }
-            if sw.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    };
-    let down_mode = mode.clone();
-    let down = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match sr.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let m = *down_mode.borrow();
-            match m {
-                Mode::Reset => return,
-                Mode::BlackHole | Mode::DropResponses => continue,
-                Mode::Pass(d) => {
-                    if !d.is_zero() {
-                        tokio::time::sleep(d).await;
-                    }
-                }
-            }
-            if cw.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    };
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    let up = pump(cr, sw, mode.clone(), Direction::Requests);
+    let down = pump(sr, cw, mode.clone(), Direction::Answers);
     // Ends when either direction ends, or when the mode turns to Reset.
     let reset_signal = async move {
         let _ = mode.wait_for(|m| *m == Mode::Reset).await;

@@ -154,20 +154,14 @@ impl Journey {
             }
         });
         let this = self.clone();
-        workers.spawn("acquisition-outbox-relay", |mut stopping| async move {
-            while !stopping.is_stopping() {
-                match this.relay_once().await {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "relaying status changes failed"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = this.outbox_ready.notified() => {}
-                    _ = stopping.stopped() => {}
-                }
-            }
-        });
+        workers.spawn_relay(
+            "acquisition-outbox-relay",
+            self.outbox_ready.clone(),
+            move || {
+                let this = this.clone();
+                async move { this.relay_once().await }
+            },
+        );
     }
 
     /// Takes over every unfinished journey without a live owner.

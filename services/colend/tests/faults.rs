@@ -26,16 +26,6 @@ use tokio::process::{Child, Command};
 const APPS: usize = 24;
 const SEED: u64 = 7;
 
-/// `n` distinct free loopback ports.
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
 /// The five services as processes.
 struct Cluster {
     database_url: String,
@@ -54,7 +44,7 @@ impl Cluster {
         let ports = colend::SERVICES
             .iter()
             .copied()
-            .zip(free_ports(colend::SERVICES.len()))
+            .zip(colend_testkit::free_ports(colend::SERVICES.len()))
             .collect();
         Cluster {
             database_url,
@@ -441,7 +431,7 @@ impl PrivatePostgres {
         let _ = std::process::Command::new("chown")
             .args(["-R", "postgres:postgres", &dir.display().to_string()])
             .status();
-        let port = free_ports(1)[0];
+        let port = colend_testkit::free_ports(1)[0];
         let data = dir.join("data").display().to_string();
         let out = Self::run(&[
             &Self::bin("initdb"),
@@ -517,7 +507,7 @@ struct PrivateRedis {
 impl PrivateRedis {
     fn start() -> PrivateRedis {
         let mut r = PrivateRedis {
-            port: free_ports(1)[0],
+            port: colend_testkit::free_ports(1)[0],
             child: None,
         };
         r.up();

@@ -5,22 +5,12 @@ use colend::demo::{DemoArgs, execute};
 use std::collections::HashMap;
 use tokio::process::{Child, Command};
 
-/// `n` distinct free ports: all are held until every one is chosen.
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
 #[tokio::test]
 async fn five_processes_on_postgres_and_redis() {
     let database_url = colend_testkit::fresh_postgres().await;
     let redis_url = colend_testkit::require_redis().await;
     let prefix = format!("colend-test-{}:", std::process::id());
-    let free = free_ports(2 * colend::SERVICES.len());
+    let free = colend_testkit::free_ports(2 * colend::SERVICES.len());
     let (main, metrics) = free.split_at(colend::SERVICES.len());
     let ports: HashMap<&str, u16> = colend::SERVICES
         .iter()

@@ -1479,20 +1479,14 @@ impl Funding {
     /// least once; woken right after a commit, and every second anyway.
     pub fn spawn_relay(&self, workers: &colend_platform::lifecycle::Workers) {
         let this = self.clone();
-        workers.spawn("funding-outbox-relay", |mut stopping| async move {
-            while !stopping.is_stopping() {
-                match this.relay_once().await {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "relaying loan events failed"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = this.outbox_ready.notified() => {}
-                    _ = stopping.stopped() => {}
-                }
-            }
-        });
+        workers.spawn_relay(
+            "funding-outbox-relay",
+            self.outbox_ready.clone(),
+            move || {
+                let this = this.clone();
+                async move { this.relay_once().await }
+            },
+        );
     }
 
     /// Sends pending events: in order for each application, applications in
