@@ -54,6 +54,23 @@ pub struct Journey {
     sealer: colend_platform::sealing::Sealer,
     settings: Arc<Settings>,
     outbox_ready: Arc<Notify>,
+    /// Journeys this process is advancing now: one task each.
+    active: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// This process advances the journey while the guard lives.
+struct Advancing(
+    Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    String,
+);
+
+impl Drop for Advancing {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
 }
 
 /// How journeys are run (environment, with defaults).
@@ -71,6 +88,8 @@ struct Settings {
     attempts: u32,
     /// First retry delay; doubles up to 5 s (`COLEND_JOURNEY_BACKOFF_MS`, 200).
     backoff: Duration,
+    /// When relayed outbox events were last purged (ms).
+    purged: std::sync::atomic::AtomicI64,
 }
 
 impl Settings {
@@ -84,6 +103,7 @@ impl Settings {
             sweep: Duration::from_millis(env_parse("COLEND_JOURNEY_SWEEP_MS", 2_000u64)?.max(10)),
             attempts: env_parse("COLEND_JOURNEY_STEP_ATTEMPTS", 10u32)?.max(1),
             backoff: Duration::from_millis(env_parse("COLEND_JOURNEY_BACKOFF_MS", 200u64)?.max(1)),
+            purged: std::sync::atomic::AtomicI64::new(0),
         })
     }
 }
@@ -109,6 +129,7 @@ impl Journey {
             sealer: mesh.sealer.clone(),
             settings: Arc::new(Settings::from_env()?),
             outbox_ready: Arc::new(Notify::new()),
+            active: Arc::default(),
         })
     }
 
@@ -222,11 +243,20 @@ impl Journey {
             }
             q.execute(&self.db.pool).await?;
         }
-        // Relayed events are kept an hour, then removed.
-        sqlx::query("DELETE FROM outbox WHERE sent_at > 0 AND sent_at < $1")
-            .bind(now - 3_600_000)
-            .execute(&self.db.pool)
-            .await?;
+        // Relayed events are kept an hour, then removed (looked at once a minute).
+        let last = self
+            .settings
+            .purged
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now - last > 60_000 {
+            self.settings
+                .purged
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+            sqlx::query("DELETE FROM outbox WHERE sent_at > 0 AND sent_at < $1")
+                .bind(now - 3_600_000)
+                .execute(&self.db.pool)
+                .await?;
+        }
         Ok(pending.len() == 500)
     }
 
@@ -248,11 +278,26 @@ impl Journey {
 
     /// Takes the application through every step it has left.
     pub async fn advance(&self, application_id: &str) -> ApiResult<()> {
+        // One task per journey in this process (the lease keeps other
+        // replicas out; this keeps the sweeper off journeys already running).
+        let fresh = self
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(application_id.to_string());
+        if !fresh {
+            return Ok(());
+        }
+        let _advancing = Advancing(self.active.clone(), application_id.to_string());
+        // Each committed step renews the lease; it is taken again only at
+        // the start and after another worker moved the journey on.
+        let mut leased = false;
         loop {
-            if !self.claim(application_id).await? {
+            if !leased && !self.claim(application_id).await? {
                 // Finished, parked, or another replica's lease is live.
                 return Ok(());
             }
+            leased = true;
             type Row = (String, String, String, i64, String, String, String);
             let (status, body, partner, kyc_age, kyc_region, decision, person_key): Row =
                 sqlx::query_as(
@@ -328,6 +373,7 @@ impl Journey {
             };
             if !self.transition(application_id, status, result).await? {
                 // Another worker moved it on; look again.
+                leased = false;
                 continue;
             }
             crash_point("acquisition.journey.after_commit");
