@@ -439,10 +439,14 @@ impl Journey {
             })
             .await;
         match released {
-            Ok(r) => Ok(format!(
-                "reservation {} voided",
-                r.into_inner().loan.unwrap_or_default().loan_id
-            )),
+            Ok(r) => {
+                let loan = r.into_inner().loan.unwrap_or_default();
+                Ok(if loan.loan_id.is_empty() {
+                    "no reservation to void (funding now refuses one for this application)".into()
+                } else {
+                    format!("reservation {} voided", loan.loan_id)
+                })
+            }
             Err(ApiError::NotFound(_)) => Ok("no reservation to void".into()),
             Err(ApiError::InvalidState(m)) if m.contains("VOID") => {
                 Ok("the reservation was already void".into())

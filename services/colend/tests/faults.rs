@@ -964,6 +964,30 @@ async fn fault_suite() {
     .await;
     assert_eq!(colend::demo::status_name(r2.status), "FAILED");
     assert_eq!(r2.reason_codes, vec!["ABANDONED".to_string()]);
+    // A reservation for the abandoned application still in flight (the
+    // journey's own request id) is refused: no orphan can hold quota.
+    let late = c
+        .funding()
+        .reserve_funding(colend_platform::grpc::request(
+            fund::ReserveFundingRequest {
+                request_id: format!("{}:funding", a2.application_id),
+                application_id: a2.application_id.clone(),
+                partner_id: partner.clone(),
+                principal: money(10_000_000),
+                term_months: 12,
+                annual_rate_bps: 1_000,
+                repayment_method: colend_contracts::common::v1::RepaymentMethod::EqualInstalment
+                    as i32,
+                borrower_key: "late".into(),
+                annual_fee_bps: 0,
+            },
+            Duration::from_secs(10),
+            Some(&partner),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), tonic::Code::FailedPrecondition, "{late:?}");
+    assert_eq!(reason(&late), "INVALID_STATE");
     // The answer to a reservation is lost: funding reserved, acquisition never heard.
     let a3 = submit(&c, &partner, "bh-3", &people[2]).await;
     wait_status(&c, &partner, &a3.application_id, &["APPROVED"]).await;
@@ -1010,7 +1034,7 @@ async fn fault_suite() {
         "fault proxy acquisition → funding: black hole, lost answers",
         "black hole (nothing forwarded) with 700 ms call timeouts, 3 attempts; then answers dropped while a reservation is made",
         format!(
-            "2 journeys PARKED at {} with DEPENDENCY_UNAVAILABLE; RETRY → {}; ABANDON → FAILED (no reservation to void); the lost-answer journey PARKED at {}, ABANDON voided its live reservation ({} → VOID), quota restored; replayed ABANDON changed nothing",
+            "2 journeys PARKED at {} with DEPENDENCY_UNAVAILABLE; RETRY → {}; ABANDON → FAILED (no reservation to void) and a late ReserveFunding for it refused (INVALID_STATE); the lost-answer journey PARKED at {}, ABANDON voided its live reservation ({} → VOID), quota restored; replayed ABANDON changed nothing",
             p1.history.iter().rev().nth(1).map(|e| colend::demo::status_name(e.status)).unwrap_or_default(),
             colend::demo::status_name(done1.status),
             p3.history.iter().rev().nth(1).map(|e| colend::demo::status_name(e.status)).unwrap_or_default(),

@@ -764,6 +764,17 @@ impl Funding {
                 if let Some((id,)) = exists {
                     return Err(ApiError::InvalidState(format!("application already has loan {id}")));
                 }
+                let closed: Option<(String,)> =
+                    sqlx::query_as("SELECT reason FROM closed_applications WHERE application_id = $1")
+                        .bind(&r.application_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some((why,)) = closed {
+                    return Err(ApiError::InvalidState(format!(
+                        "application {} was closed before it was funded ({why})",
+                        r.application_id
+                    )));
+                }
                 let day = format_date(today());
                 // Rule C12: the partner must be on the whitelist today.
                 let listed: Option<(String,)> = sqlx::query_as(
@@ -957,14 +968,32 @@ impl Funding {
             move |tx| {
                 Box::pin(async move {
                     let loan_id = if loan_id.is_empty() {
+                        // The application is closed to funding from now on,
+                        // whether or not a reservation was made for it.
+                        sqlx::query(
+                            "INSERT INTO closed_applications (application_id, reason, closed_at) \
+                             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                        )
+                        .bind(&application_id)
+                        .bind(&reason)
+                        .bind(now_millis())
+                        .execute(&mut *tx)
+                        .await?;
                         let found: Option<(String,)> =
                             sqlx::query_as("SELECT loan_id FROM loans WHERE application_id = $1")
                                 .bind(&application_id)
                                 .fetch_optional(&mut *tx)
                                 .await?;
-                        found
-                            .map(|(id,)| id)
-                            .ok_or_else(|| ApiError::NotFound("reservation".into()))?
+                        match found {
+                            Some((id,)) => id,
+                            // Nothing to void: an empty loan says so.
+                            None => {
+                                return Ok(pb::Loan {
+                                    application_id,
+                                    ..Default::default()
+                                });
+                            }
+                        }
                     } else {
                         loan_id
                     };
