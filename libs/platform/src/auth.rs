@@ -341,9 +341,10 @@ pub const POLICY: &[(&str, &[Class])] = {
             "colend.acquisition.v1.AcquisitionService/GetApplication",
             &[P],
         ),
+        // The bank lists too: its operators look for parked journeys.
         (
             "colend.acquisition.v1.AcquisitionService/ListApplications",
-            &[P],
+            &[P, B],
         ),
         (
             "colend.acquisition.v1.AcquisitionService/WatchApplication",

@@ -290,7 +290,8 @@ impl Acquisition {
             .ok_or_else(|| ApiError::NotFound("application".into()))
     }
 
-    /// The partner's applications, newest first, keyset-paginated.
+    /// The partner's applications (every partner's for "": the bank's
+    /// view), newest first, keyset-paginated.
     pub async fn list(
         &self,
         partner_id: &str,
@@ -304,7 +305,7 @@ impl Acquisition {
             before.to_string()
         };
         let rows = sqlx::query(&format!(
-            "SELECT {APP_COLS} FROM applications WHERE partner_id = $1 AND application_id < $2 \
+            "SELECT {APP_COLS} FROM applications WHERE ($1 = '' OR partner_id = $1) AND application_id < $2 \
              AND ($3 = '' OR status = $3) ORDER BY application_id DESC LIMIT $4"
         ))
         .bind(partner_id)

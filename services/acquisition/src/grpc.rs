@@ -207,7 +207,27 @@ impl AcquisitionService for AcquisitionGrpc {
         &self,
         request: Request<pb::ListApplicationsRequest>,
     ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
-        let partner = caller::partner_id(&request)?;
+        let bank = request
+            .extensions()
+            .get::<colend_platform::auth::Caller>()
+            .is_some_and(|c| c.0.class == colend_platform::auth::Class::Bank);
+        let partner = if bank {
+            // The bank's view: one partner's applications, or every partner's.
+            let p = request.get_ref().partner_id.clone();
+            if !p.is_empty() && !caller::valid_partner_id(&p) {
+                return Err(ApiError::field("partner_id", "is not a partner id").into());
+            }
+            p
+        } else {
+            let own = caller::partner_id(&request)?;
+            let asked = &request.get_ref().partner_id;
+            if !asked.is_empty() && *asked != own {
+                return Err(
+                    ApiError::field("partner_id", "must be empty or the calling partner").into(),
+                );
+            }
+            own
+        };
         let r = request.into_inner();
         let size = paging::page_size(r.page_size)?;
         let before = paging::decode_token(&r.page_token)?;

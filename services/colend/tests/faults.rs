@@ -928,6 +928,24 @@ async fn fault_suite() {
     let p2 = wait_status(&c, &partner, &a2.application_id, &["PARKED"]).await;
     assert_eq!(p1.reason_codes, vec!["DEPENDENCY_UNAVAILABLE".to_string()]);
     assert_eq!(p2.reason_codes, vec!["DEPENDENCY_UNAVAILABLE".to_string()]);
+    // The bank's operators find them.
+    let parked: Vec<String> = c
+        .acquisition()
+        .list_applications(as_bank(acq::ListApplicationsRequest {
+            status: acq::ApplicationStatus::Parked as i32,
+            ..Default::default()
+        }))
+        .await
+        .expect("the bank lists parked journeys")
+        .into_inner()
+        .applications
+        .into_iter()
+        .map(|a| a.application_id)
+        .collect();
+    assert!(
+        parked.contains(&a1.application_id) && parked.contains(&a2.application_id),
+        "{parked:?}"
+    );
     // The path heals: stale connections are cut, new ones pass.
     heal(&proxy).await;
     // The operator retries until the step goes through (a retry can meet a
@@ -1034,7 +1052,7 @@ async fn fault_suite() {
         "fault proxy acquisition → funding: black hole, lost answers",
         "black hole (nothing forwarded) with 700 ms call timeouts, 3 attempts; then answers dropped while a reservation is made",
         format!(
-            "2 journeys PARKED at {} with DEPENDENCY_UNAVAILABLE; RETRY → {}; ABANDON → FAILED (no reservation to void) and a late ReserveFunding for it refused (INVALID_STATE); the lost-answer journey PARKED at {}, ABANDON voided its live reservation ({} → VOID), quota restored; replayed ABANDON changed nothing",
+            "2 journeys PARKED at {} with DEPENDENCY_UNAVAILABLE, listed for the bank (ListApplications, status PARKED); RETRY → {}; ABANDON → FAILED (no reservation to void) and a late ReserveFunding for it refused (INVALID_STATE); the lost-answer journey PARKED at {}, ABANDON voided its live reservation ({} → VOID), quota restored; replayed ABANDON changed nothing",
             p1.history.iter().rev().nth(1).map(|e| colend::demo::status_name(e.status)).unwrap_or_default(),
             colend::demo::status_name(done1.status),
             p3.history.iter().rev().nth(1).map(|e| colend::demo::status_name(e.status)).unwrap_or_default(),
