@@ -447,7 +447,6 @@ impl Journey {
                     format!("reservation {} voided", loan.loan_id)
                 })
             }
-            Err(ApiError::NotFound(_)) => Ok("no reservation to void".into()),
             Err(ApiError::InvalidState(m)) if m.contains("VOID") => {
                 Ok("the reservation was already void".into())
             }

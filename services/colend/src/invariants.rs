@@ -97,30 +97,32 @@ const ENDED: [&str; 8] = [
     "PARKED",
 ];
 
-/// Applications whose journey has automatic steps left.
-pub async fn unfinished(backends: &Backends) -> anyhow::Result<i64> {
-    let db = colend_acquisition::connect(backends).await?;
+/// Outbox events not yet relayed.
+async fn unrelayed(db: &colend_platform::Db) -> anyhow::Result<i64> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE sent_at = 0")
+        .fetch_one(&db.pool)
+        .await?;
+    Ok(n)
+}
+
+/// Journeys with automatic steps left, plus events not yet relayed.
+async fn unfinished(acq: &colend_platform::Db, fun: &colend_platform::Db) -> anyhow::Result<i64> {
     let (n,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM applications WHERE status IN ('SUBMITTED', 'KYC_PASSED', 'APPROVED')",
     )
-    .fetch_one(&db.pool)
+    .fetch_one(&acq.pool)
     .await?;
-    let (m,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE sent_at = 0")
-        .fetch_one(&db.pool)
-        .await?;
-    let f = colend_funding::connect(backends).await?;
-    let (k,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE sent_at = 0")
-        .fetch_one(&f.pool)
-        .await?;
-    Ok(n + m + k)
+    Ok(n + unrelayed(acq).await? + unrelayed(fun).await?)
 }
 
 /// Waits (up to `secs`) until no journey has steps left and both outboxes
 /// are drained; true when that happened.
 pub async fn settle(backends: &Backends, secs: u64) -> anyhow::Result<bool> {
+    let acq = colend_acquisition::connect(backends).await?;
+    let fun = colend_funding::connect(backends).await?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
-        if unfinished(backends).await? == 0 {
+        if unfinished(&acq, &fun).await? == 0 {
             return Ok(true);
         }
         if std::time::Instant::now() > deadline {
@@ -380,9 +382,7 @@ pub async fn check(backends: &Backends) -> anyhow::Result<Report> {
     // 7. Relays drained, audit intact.
     let mut problems = Vec::new();
     for (name, db) in [("acquisition", &acq), ("funding", &fun)] {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE sent_at = 0")
-            .fetch_one(&db.pool)
-            .await?;
+        let n = unrelayed(db).await?;
         if n > 0 {
             problems.push(format!("{name}: {n} outbox events not relayed"));
         }
