@@ -147,6 +147,11 @@ impl Db {
                     sqlx::query("PRAGMA busy_timeout = 5000")
                         .execute(&mut *conn)
                         .await?;
+                    // Every commit is flushed to disk (a recorded cache answer
+                    // relaxes this for its own transaction only).
+                    sqlx::query("PRAGMA synchronous = FULL")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             })
@@ -172,4 +177,37 @@ impl Db {
             _ => false,
         }
     }
+}
+
+/// The VALUES of a multi-row statement on `conn`: `rows` rows of `width`
+/// parameters each, numbered from `first` on PostgreSQL (`($1, $2), ($3,
+/// $4), …`) and anonymous on SQLite (`(?, ?), …`: SQLite looks a named
+/// parameter up by a linear search, which makes statements of thousands of
+/// them quadratic). A statement that uses this uses it for all its parameters.
+pub fn placeholders(conn: &sqlx::AnyConnection, rows: usize, width: usize, first: usize) -> String {
+    let sqlite = conn.backend_name() == "SQLite";
+    let mut out = String::with_capacity(rows * width * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        if width > 1 {
+            out.push('(');
+        }
+        for c in 0..width {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            if sqlite {
+                out.push('?');
+            } else {
+                out.push('$');
+                out.push_str(&(first + r * width + c).to_string());
+            }
+        }
+        if width > 1 {
+            out.push(')');
+        }
+    }
+    out
 }

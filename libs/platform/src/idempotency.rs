@@ -45,20 +45,30 @@ async fn lookup<M: Message + Default>(
     let Some((stored_hash, outcome, response)) = row else {
         return Ok(None);
     };
+    decode(&stored_hash, hash, &outcome, &response).map(Some)
+}
+
+/// What a stored key says to a request with `hash`.
+fn decode<M: Message + Default>(
+    stored_hash: &str,
+    hash: &str,
+    outcome: &str,
+    response: &str,
+) -> ApiResult<Stored<M>> {
     if stored_hash != hash {
         return Err(ApiError::IdempotencyKeyReused);
     }
-    Ok(Some(match outcome.as_str() {
+    Ok(match outcome {
         "ok" => {
-            let bytes = hex::decode(&response).map_err(ApiError::internal)?;
+            let bytes = hex::decode(response).map_err(ApiError::internal)?;
             Stored::Ok(M::decode(bytes.as_slice()).map_err(ApiError::internal)?)
         }
         "error" => {
-            let (reason, message) = response.split_once('\n').unwrap_or((&response, ""));
+            let (reason, message) = response.split_once('\n').unwrap_or((response, ""));
             Stored::Err(error_from_stored(reason, message))
         }
         _ => Stored::Pending,
-    }))
+    })
 }
 
 fn error_from_stored(reason: &str, message: &str) -> ApiError {
@@ -128,6 +138,98 @@ where
     .map_err(|e| ApiError::internal(anyhow::anyhow!("idempotent task failed: {e}")))?
 }
 
+/// Stores `answer` under the key and audits it, for a call whose only effect
+/// is its answer (a result served from cache), and returns what the key
+/// holds: `answer` the first time, the stored answer on a replay.
+///
+/// Nothing else is written, so the transaction does not wait for the disk
+/// flush (PostgreSQL `synchronous_commit = off` for it; SQLite
+/// `synchronous = NORMAL` for it). The record is atomic and consistent; a
+/// crash of the database's host, not of the service, can lose the last
+/// fraction of a second of such records, and a retry then records the
+/// answer again. Every other write waits for the flush.
+pub async fn record<M>(
+    db: &Db,
+    scope: String,
+    request_id: String,
+    hash: String,
+    answer: M,
+) -> ApiResult<M>
+where
+    M: Message + Default + 'static,
+{
+    let Some(in_flight) = InFlight::claim(db, &scope, &request_id) else {
+        return Err(ApiError::RequestInFlight);
+    };
+    let db = db.clone();
+    let caller = crate::audit::current();
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        let postgres = db.backend == crate::db::Backend::Postgres;
+        let mut conn = db.pool.acquire().await?;
+        if !postgres {
+            sqlx::query("PRAGMA synchronous = NORMAL")
+                .execute(&mut *conn)
+                .await?;
+        }
+        let recorded = record_in(&db, &mut conn, &scope, &request_id, &hash, answer, caller).await;
+        if !postgres {
+            // Back to flushing every commit; a connection that cannot be is closed.
+            if sqlx::query("PRAGMA synchronous = FULL")
+                .execute(&mut *conn)
+                .await
+                .is_err()
+            {
+                drop(conn.detach());
+            }
+        }
+        recorded
+    })
+    .await
+    .map_err(|e| ApiError::internal(anyhow::anyhow!("recording task failed: {e}")))?
+}
+
+async fn record_in<M: Message + Default>(
+    db: &Db,
+    conn: &mut AnyConnection,
+    scope: &str,
+    request_id: &str,
+    hash: &str,
+    answer: M,
+    caller: Option<(crate::auth::Claims, String)>,
+) -> ApiResult<M> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    let claimed = Claim {
+        outcome: "ok",
+        response: hex::encode(answer.encode_to_vec()),
+        relaxed: true,
+    };
+    if !claim(
+        db,
+        &mut tx,
+        scope,
+        request_id,
+        hash,
+        crate::time::now_millis(),
+        claimed,
+    )
+    .await?
+    {
+        let stored = lookup::<M>(&mut tx, scope, request_id, hash).await;
+        tx.rollback().await.ok();
+        return match stored? {
+            Some(Stored::Ok(m)) => Ok(m),
+            Some(Stored::Err(e)) => Err(e),
+            _ => Err(ApiError::RequestInFlight),
+        };
+    }
+    let entry = crate::audit::Entry::for_call(caller.as_ref(), scope, request_id, "ALLOWED", "");
+    crate::audit::append(&mut tx, &entry).await?;
+    tx.commit().await?;
+    Ok(answer)
+}
+
 async fn run_inner<M, F>(
     db: Db,
     scope: String,
@@ -140,55 +242,33 @@ where
     M: Message + Default + 'static,
     F: for<'t> FnOnce(&'t mut AnyConnection) -> BoxFuture<'t, ApiResult<M>> + Send + 'static,
 {
-    {
-        let mut conn = db.pool.acquire().await?;
-        match lookup::<M>(&mut conn, &scope, &request_id, &hash).await? {
-            Some(Stored::Ok(m)) => return Ok(m),
-            Some(Stored::Err(e)) => return Err(e),
-            Some(Stored::Pending) => return Err(ApiError::RequestInFlight),
-            None => {}
-        }
-    }
     // A duplicate of a request still being worked on is told so at once
     // (ABORTED, REQUEST_IN_FLIGHT): in this process by the in-flight set,
     // across replicas by a transaction-scoped advisory lock on PostgreSQL.
-    let Some(_in_flight) = InFlight::claim(db.instance, &scope, &request_id) else {
+    let Some(_in_flight) = InFlight::claim(&db, &scope, &request_id) else {
         return Err(ApiError::RequestInFlight);
     };
     let now = crate::time::now_millis();
     let mut tx = db.pool.begin().await?;
-    if db.backend == crate::db::Backend::Postgres {
-        let (got,): (i64,) = sqlx::query_as(
-            "SELECT CASE WHEN pg_try_advisory_xact_lock(hashtextextended($1, 0)) THEN 1 ELSE 0 END::bigint",
-        )
-        .bind(format!("{}\n{scope}\n{request_id}", db.schema))
-        .fetch_one(&mut *tx)
-        .await?;
-        if got == 0 {
-            return Err(ApiError::RequestInFlight);
-        }
-    }
-    let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (scope, request_id, request_hash, outcome, response, created_at) \
-         VALUES ($1, $2, $3, 'pending', '', $4)",
+    if !claim(
+        &db,
+        &mut tx,
+        &scope,
+        &request_id,
+        &hash,
+        now,
+        Claim::pending(),
     )
-    .bind(&scope)
-    .bind(&request_id)
-    .bind(&hash)
-    .bind(now)
-    .execute(&mut *tx)
-    .await;
-    if let Err(e) = claimed {
-        drop(tx);
-        if Db::is_unique_violation(&e) {
-            let mut conn = db.pool.acquire().await?;
-            return match lookup::<M>(&mut conn, &scope, &request_id, &hash).await? {
-                Some(Stored::Ok(m)) => Ok(m),
-                Some(Stored::Err(e)) => Err(e),
-                _ => Err(ApiError::RequestInFlight),
-            };
-        }
-        return Err(e.into());
+    .await?
+    {
+        // Answered before (its answer is stored), or being worked on by another replica.
+        let stored = lookup::<M>(&mut tx, &scope, &request_id, &hash).await;
+        tx.rollback().await.ok();
+        return match stored? {
+            Some(Stored::Ok(m)) => Ok(m),
+            Some(Stored::Err(e)) => Err(e),
+            _ => Err(ApiError::RequestInFlight),
+        };
     }
     match effect(&mut tx).await {
         Ok(resp) => {
@@ -234,8 +314,233 @@ where
     }
 }
 
-/// Keys being worked on in this process.
-struct InFlight(String);
+/// What a claimed key holds until the call's outcome is stored.
+struct Claim {
+    outcome: &'static str,
+    response: String,
+    /// PostgreSQL: the transaction commits without waiting for the flush
+    /// (set in the same statement, saving a round trip).
+    relaxed: bool,
+}
+
+impl Claim {
+    fn pending() -> Claim {
+        Claim {
+            outcome: "pending",
+            response: String::new(),
+            relaxed: false,
+        }
+    }
+}
+
+/// Claims the key in the caller's transaction, in one statement: false when
+/// it is already stored, or (PostgreSQL) when another replica holds its
+/// advisory lock.
+async fn claim(
+    db: &Db,
+    tx: &mut AnyConnection,
+    scope: &str,
+    request_id: &str,
+    hash: &str,
+    now: i64,
+    c: Claim,
+) -> ApiResult<bool> {
+    let q = if db.backend == crate::db::Backend::Postgres {
+        const CLAIM: &str = "INSERT INTO idempotency_keys (scope, request_id, request_hash, outcome, response, created_at) \
+             SELECT $1, $2, $3, $4, $5, $6 WHERE pg_try_advisory_xact_lock(hashtextextended($7, 0)) \
+             ON CONFLICT DO NOTHING";
+        const CLAIM_RELAXED: &str = "INSERT INTO idempotency_keys (scope, request_id, request_hash, outcome, response, created_at) \
+             SELECT $1, $2, $3, $4, $5, $6 WHERE pg_try_advisory_xact_lock(hashtextextended($7, 0)) \
+             AND set_config('synchronous_commit', 'off', true) = 'off' ON CONFLICT DO NOTHING";
+        sqlx::query(if c.relaxed { CLAIM_RELAXED } else { CLAIM })
+            .bind(scope)
+            .bind(request_id)
+            .bind(hash)
+            .bind(c.outcome)
+            .bind(c.response)
+            .bind(now)
+            .bind(format!("{}\n{scope}\n{request_id}", db.schema))
+    } else {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, request_id, request_hash, outcome, response, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(scope)
+        .bind(request_id)
+        .bind(hash)
+        .bind(c.outcome)
+        .bind(c.response)
+        .bind(now)
+    };
+    Ok(q.execute(&mut *tx).await?.rows_affected() == 1)
+}
+
+/// One request of a group commit ([`run_batch`]).
+#[derive(Clone)]
+pub struct Batched<R> {
+    pub scope: String,
+    pub request_id: String,
+    pub hash: String,
+    /// Who called, for the audit log ([`crate::audit::current`]).
+    pub caller: Option<(crate::auth::Claims, String)>,
+    pub request: R,
+}
+
+/// Runs many requests in one transaction, with one commit (one fsync) for
+/// all of them: a group commit. Each request is still taken at most once
+/// per key:
+/// - a stored response or refusal is replayed, and a key reused with other
+///   content is refused with IDEMPOTENCY_KEY_REUSED;
+/// - a key another replica is working on is refused with REQUEST_IN_FLIGHT
+///   (a transaction-scoped advisory lock on PostgreSQL);
+/// - `effect` gets the fresh requests, in order, and returns one outcome for
+///   each. Each outcome is stored with its key and audited (ALLOWED, or
+///   REFUSED for a business refusal) in the same transaction.
+///
+/// An `Err` from `effect` or from the database fails the whole batch, and
+/// nothing of it is written. The caller holds each key's in-process claim
+/// ([`InFlight::claim`]) and runs this where a cancelled client cannot
+/// abandon it (a task of its own).
+pub async fn run_batch<R, M, F>(
+    db: &Db,
+    items: &[Batched<R>],
+    effect: F,
+) -> ApiResult<Vec<ApiResult<M>>>
+where
+    R: Clone,
+    M: Message + Default,
+    F: for<'t> FnOnce(&'t mut AnyConnection, Vec<R>) -> BoxFuture<'t, ApiResult<Vec<ApiResult<M>>>>,
+{
+    let mut results: Vec<Option<ApiResult<M>>> = items.iter().map(|_| None).collect();
+    let key = |b: &Batched<R>| format!("{}\n{}\n{}", db.schema, b.scope, b.request_id);
+    let mut tx = db.pool.begin().await?;
+    if db.backend == crate::db::Backend::Postgres {
+        let sql = format!(
+            "SELECT k FROM (VALUES {}) AS v(k) WHERE NOT pg_try_advisory_xact_lock(hashtextextended(k, 0))",
+            crate::db::placeholders(&tx, items.len(), 1, 1)
+                .split(", ")
+                .map(|p| format!("({p})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut q = sqlx::query_as::<_, (String,)>(&sql);
+        for b in items {
+            q = q.bind(key(b));
+        }
+        let busy: std::collections::HashSet<String> = q
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(k,)| k)
+            .collect();
+        for (b, slot) in items.iter().zip(results.iter_mut()) {
+            if busy.contains(&key(b)) {
+                *slot = Some(Err(ApiError::RequestInFlight));
+            }
+        }
+    }
+    let sql = format!(
+        "SELECT scope, request_id, request_hash, outcome, response FROM idempotency_keys \
+         WHERE (scope, request_id) IN (VALUES {})",
+        crate::db::placeholders(&tx, items.len(), 2, 1)
+    );
+    let mut q = sqlx::query_as::<_, (String, String, String, String, String)>(&sql);
+    for b in items {
+        q = q.bind(b.scope.clone()).bind(b.request_id.clone());
+    }
+    let stored: std::collections::HashMap<(String, String), (String, String, String)> = q
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(scope, id, h, o, r)| ((scope, id), (h, o, r)))
+        .collect();
+    for (b, slot) in items.iter().zip(results.iter_mut()) {
+        if slot.is_some() {
+            continue;
+        }
+        if let Some((h, o, r)) = stored.get(&(b.scope.clone(), b.request_id.clone())) {
+            *slot = Some(match decode::<M>(h, &b.hash, o, r) {
+                Ok(Stored::Ok(m)) => Ok(m),
+                Ok(Stored::Err(e)) | Err(e) => Err(e),
+                Ok(Stored::Pending) => Err(ApiError::RequestInFlight),
+            });
+        }
+    }
+    let fresh: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none()).collect();
+    if !fresh.is_empty() {
+        let requests = fresh.iter().map(|&i| items[i].request.clone()).collect();
+        let outcomes = effect(&mut tx, requests).await?;
+        if outcomes.len() != fresh.len() {
+            return Err(ApiError::internal(anyhow::anyhow!(
+                "a batch effect gave {} outcomes for {} requests",
+                outcomes.len(),
+                fresh.len()
+            )));
+        }
+        let now = crate::time::now_millis();
+        let mut keys = Vec::new();
+        let mut entries = Vec::new();
+        for (&i, outcome) in fresh.iter().zip(outcomes) {
+            let b = &items[i];
+            let (kind, response, audit) = match &outcome {
+                Ok(m) => (
+                    "ok",
+                    hex::encode(m.encode_to_vec()),
+                    ("ALLOWED", String::new()),
+                ),
+                Err(e) if storable(e) => (
+                    "error",
+                    format!("{}\n{}", e.reason(), stored_message(e)),
+                    ("REFUSED", format!("{}: {e}", e.reason())),
+                ),
+                Err(_) => {
+                    results[i] = Some(outcome);
+                    continue;
+                }
+            };
+            keys.push((i, kind, response));
+            entries.push(crate::audit::Entry::for_call(
+                b.caller.as_ref(),
+                &b.scope,
+                &b.request_id,
+                audit.0,
+                &audit.1,
+            ));
+            results[i] = Some(outcome);
+        }
+        for chunk in keys.chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO idempotency_keys (scope, request_id, request_hash, outcome, response, created_at) \
+                 VALUES {}",
+                crate::db::placeholders(&tx, chunk.len(), 6, 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for (i, kind, response) in chunk {
+                let b = &items[*i];
+                q = q
+                    .bind(b.scope.clone())
+                    .bind(b.request_id.clone())
+                    .bind(b.hash.clone())
+                    .bind(kind.to_string())
+                    .bind(response.clone())
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        crate::audit::append_many(&mut tx, &entries).await?;
+    }
+    tx.commit().await?;
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(ApiError::RequestInFlight)))
+        .collect())
+}
+
+/// Rows a multi-row INSERT of keys carries at most (6 parameters each).
+const ROWS_PER_INSERT: usize = 500;
+
+/// A key being worked on in this process; dropping it frees the key.
+pub struct InFlight(String);
 
 fn in_flight() -> &'static std::sync::Mutex<std::collections::HashSet<String>> {
     static SET: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
@@ -244,8 +549,10 @@ fn in_flight() -> &'static std::sync::Mutex<std::collections::HashSet<String>> {
 }
 
 impl InFlight {
-    fn claim(instance: u64, scope: &str, request_id: &str) -> Option<InFlight> {
-        let key = format!("{instance}\n{scope}\n{request_id}");
+    /// Claims (scope, request_id) in this process; `None` when a call with
+    /// the key is already being worked on.
+    pub fn claim(db: &Db, scope: &str, request_id: &str) -> Option<InFlight> {
+        let key = format!("{}\n{scope}\n{request_id}", db.instance);
         let fresh = in_flight()
             .lock()
             .unwrap_or_else(|e| e.into_inner())

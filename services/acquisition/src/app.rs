@@ -195,6 +195,10 @@ impl Acquisition {
         let scope = format!("SubmitApplication:{partner_id}");
         let request_id = r.request_id.clone();
         let velocity = self.velocity;
+        // The journey starts under this replica's lease, taken with the insert.
+        let lease = self.journey.new_lease();
+        let created = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let created_here = created.clone();
         let app = idempotency::run(&self.db, scope, request_id, hash, move |tx| {
             Box::pin(async move {
                 // Velocity: a borrower applying again and again, at one
@@ -241,9 +245,9 @@ impl Acquisition {
                     "INSERT INTO applications (application_id, partner_id, status, reason_codes, business_name, credit_code, \
                      masked_resident_id, person_key, business_key, currency, requested_amount, term_months, purpose, \
                      repayment_method, request_body, consent_scopes, consent_channel, consent_text_version, consent_granted_at, \
-                     kyc_check_id, kyc_age, kyc_region, decision, funding, created_at, updated_at) \
+                     kyc_check_id, kyc_age, kyc_region, decision, funding, created_at, updated_at, lease_owner, lease_until) \
                      VALUES ($1, $2, 'SUBMITTED', '', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-                     '', 0, '', '', '', $18, $18)",
+                     '', 0, '', '', '', $18, $18, $19, $20)",
                 )
                 .bind(&id)
                 .bind(&partner_id)
@@ -263,9 +267,12 @@ impl Acquisition {
                 .bind(&consent.text_version)
                 .bind(consent.granted_at.as_ref().map(millis_of).unwrap_or(0))
                 .bind(now)
+                .bind(&lease.0)
+                .bind(lease.1)
                 .execute(&mut *tx)
                 .await?;
                 insert_event(tx, &id, Status::Submitted, "application received; consent recorded", &[], now).await?;
+                created_here.store(true, std::sync::atomic::Ordering::Relaxed);
                 load(tx, &id, None)
                     .await?
                     .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application vanished")))
@@ -278,7 +285,9 @@ impl Acquisition {
             // the same request id gets this application, and the sweeper
             // runs its journey).
             colend_platform::fault::crash_point("acquisition.submit.after_commit");
-            self.journey.start(app.application_id.clone());
+            // A replay (the application was made by an earlier call) takes the lease first.
+            let leased = created.load(std::sync::atomic::Ordering::Relaxed);
+            self.journey.start(app.application_id.clone(), leased);
         }
         Ok(app)
     }
@@ -468,7 +477,7 @@ impl Acquisition {
         .await?;
         self.journey.notify(&id);
         if !abandon && app.status != pb::ApplicationStatus::Parked as i32 {
-            self.journey.start(id);
+            self.journey.start(id, false);
         }
         Ok(app)
     }

@@ -108,6 +108,33 @@ impl Settings {
     }
 }
 
+/// The application as its journey sees it.
+#[derive(Clone)]
+struct State {
+    status: Status,
+    req: Arc<pb::SubmitApplicationRequest>,
+    partner: String,
+    kyc_age: i64,
+    kyc_region: String,
+    decision: String,
+    person_key: String,
+}
+
+impl State {
+    /// The application once `r` is committed.
+    fn moved(&mut self, r: &StepResult) {
+        self.status = r.to;
+        for (col, v) in &r.columns {
+            match *col {
+                "kyc_age" => self.kyc_age = v.parse().unwrap_or(0),
+                "kyc_region" => self.kyc_region = v.clone(),
+                "decision" => self.decision = v.clone(),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// What a step decided.
 struct StepResult {
     to: Status,
@@ -143,14 +170,23 @@ impl Journey {
         self.outbox_ready.notify_one();
     }
 
-    /// Runs the journey of an application in the background.
-    pub fn start(&self, application_id: String) {
+    /// The lease a new application is written with: this replica's, from now.
+    pub fn new_lease(&self) -> (String, i64) {
+        (
+            self.settings.owner.clone(),
+            now_millis() + self.settings.lease_ms,
+        )
+    }
+
+    /// Runs the journey of an application in the background; `leased`: it
+    /// was committed with this replica's lease ([`Journey::new_lease`]).
+    pub fn start(&self, application_id: String, leased: bool) {
         let this = self.clone();
         // The journey continues the submitting call's trace.
         let span = tracing::info_span!("journey", application_id = %application_id);
         tokio::spawn(
             async move {
-                if let Err(e) = this.advance(&application_id).await {
+                if let Err(e) = this.run(&application_id, leased).await {
                     tracing::error!(application_id, error = %e, "journey stopped");
                 }
             }
@@ -278,6 +314,10 @@ impl Journey {
 
     /// Takes the application through every step it has left.
     pub async fn advance(&self, application_id: &str) -> ApiResult<()> {
+        self.run(application_id, false).await
+    }
+
+    async fn run(&self, application_id: &str, leased: bool) -> ApiResult<()> {
         // One task per journey in this process (the lease keeps other
         // replicas out; this keeps the sweeper off journeys already running).
         let fresh = self
@@ -290,59 +330,59 @@ impl Journey {
         }
         let _advancing = Advancing(self.active.clone(), application_id.to_string());
         // Each committed step renews the lease; it is taken again only at
-        // the start and after another worker moved the journey on.
-        let mut leased = false;
+        // the start and after another worker moved the journey on. The
+        // application is read once and then kept up to date from the steps
+        // this task commits.
+        let mut leased = leased;
+        let mut state: Option<State> = None;
         loop {
             if !leased && !self.claim(application_id).await? {
                 // Finished, parked, or another replica's lease is live.
                 return Ok(());
             }
             leased = true;
-            type Row = (String, String, String, i64, String, String, String);
-            let (status, body, partner, kyc_age, kyc_region, decision, person_key): Row =
-                sqlx::query_as(
-                    "SELECT status, request_body, partner_id, kyc_age, kyc_region, decision, person_key \
-                     FROM applications WHERE application_id = $1",
-                )
-                .bind(application_id)
-                .fetch_one(&self.db.pool)
-                .await?;
-            let status = Status::parse(&status)
-                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad status {status}")))?;
+            let s = match state.take() {
+                Some(s) => s,
+                None => self.load_state(application_id).await?,
+            };
+            let State {
+                status,
+                ref req,
+                ref partner,
+                kyc_age,
+                ref kyc_region,
+                ref decision,
+                ref person_key,
+            } = s;
             if !status.is_in_progress() {
                 return Ok(());
             }
-            let plain = self
-                .sealer
-                .open(crate::app::REQUEST_BODY, &body)
-                .map_err(ApiError::Internal)?;
-            let req = pb::SubmitApplicationRequest::decode(plain.as_slice())
-                .map_err(ApiError::internal)?;
+            let (partner, req, person_key) = (partner.as_str(), req, person_key.as_str());
             let step = match status {
                 Status::Submitted => {
-                    self.with_retries(|| self.step_kyc(application_id, &partner, &req))
+                    self.with_retries(|| self.step_kyc(application_id, partner, req))
                         .await
                 }
                 Status::KycPassed => {
                     self.with_retries(|| {
                         self.step_credit(
                             application_id,
-                            &partner,
-                            &req,
-                            (kyc_age as i32, &kyc_region),
-                            &person_key,
+                            partner,
+                            req,
+                            (kyc_age as i32, kyc_region),
+                            person_key,
                         )
                     })
                     .await
                 }
                 Status::Approved => {
                     colend_platform::fault::pause_point("acquisition.journey.before_funding").await;
-                    let d: pb::DecisionSummary = hex::decode(&decision)
+                    let d: pb::DecisionSummary = hex::decode(decision)
                         .ok()
                         .and_then(|b| pb::DecisionSummary::decode(b.as_slice()).ok())
                         .unwrap_or_default();
                     self.with_retries(|| {
-                        self.step_funding(application_id, &partner, &req, &d, &person_key)
+                        self.step_funding(application_id, partner, req, &d, person_key)
                     })
                     .await
                 }
@@ -371,13 +411,46 @@ impl Journey {
                     }
                 }
             };
+            let mut next = s.clone();
+            next.moved(&result);
             if !self.transition(application_id, status, result).await? {
                 // Another worker moved it on; look again.
                 leased = false;
                 continue;
             }
+            state = Some(next);
             crash_point("acquisition.journey.after_commit");
         }
+    }
+
+    /// What the journey needs of the application.
+    async fn load_state(&self, application_id: &str) -> ApiResult<State> {
+        type Row = (String, String, String, i64, String, String, String);
+        let (status, body, partner, kyc_age, kyc_region, decision, person_key): Row =
+            sqlx::query_as(
+                "SELECT status, request_body, partner_id, kyc_age, kyc_region, decision, person_key \
+                 FROM applications WHERE application_id = $1",
+            )
+            .bind(application_id)
+            .fetch_one(&self.db.pool)
+            .await?;
+        let status = Status::parse(&status)
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad status {status}")))?;
+        let plain = self
+            .sealer
+            .open(crate::app::REQUEST_BODY, &body)
+            .map_err(ApiError::Internal)?;
+        let req =
+            pb::SubmitApplicationRequest::decode(plain.as_slice()).map_err(ApiError::internal)?;
+        Ok(State {
+            status,
+            req: Arc::new(req),
+            partner,
+            kyc_age,
+            kyc_region,
+            decision,
+            person_key,
+        })
     }
 
     /// Runs a step, retrying technical failures with exponential backoff

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 
+mod reserve;
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Co-lending rules (`COLEND_FUNDING_JURISDICTION`: CN, IN-2020 or IN-2025; default CN).
@@ -34,6 +36,9 @@ pub struct Settings {
     pub sweep_every: Duration,
     /// Agreement cache TTL (`COLEND_FUNDING_AGREEMENT_CACHE_TTL_SECS`, default 60).
     pub agreement_ttl: Duration,
+    /// Most reservations committed together (`COLEND_FUNDING_RESERVE_BATCH`, 256; 1 turns
+    /// group commit off).
+    pub reserve_batch: usize,
 }
 
 impl Settings {
@@ -59,6 +64,10 @@ impl Settings {
                 "COLEND_FUNDING_AGREEMENT_CACHE_TTL_SECS",
                 60u64,
             )?),
+            reserve_batch: match env_parse("COLEND_FUNDING_RESERVE_BATCH", 256usize)? {
+                n @ 1..=1_000 => n,
+                n => anyhow::bail!("COLEND_FUNDING_RESERVE_BATCH={n} must be 1 to 1000"),
+            },
         })
     }
 }
@@ -71,6 +80,7 @@ pub struct Funding {
     call_timeout: Duration,
     settings: Settings,
     outbox_ready: Arc<tokio::sync::Notify>,
+    reserver: reserve::Reserver,
 }
 
 const LOAN_COLS: &str = "loan_id, application_id, partner_id, status, currency, principal, bank_amount, \
@@ -590,6 +600,7 @@ impl Funding {
         settings: Settings,
     ) -> Self {
         Funding {
+            reserver: reserve::Reserver::start(db.clone(), &settings),
             db,
             cache,
             acquisition: AcquisitionServiceClient::new(
@@ -753,202 +764,13 @@ impl Funding {
             ));
         }
         let split = domain::split(principal.minor_units, agreement.partner_share_bps as i64);
-        let scope = format!("ReserveFunding:{}", r.partner_id);
-        let settings = self.settings.clone();
-        let result = idempotency::run(&self.db, scope, request_id, hash, move |tx| {
-            Box::pin(async move {
-                let exists: Option<(String,)> = sqlx::query_as("SELECT loan_id FROM loans WHERE application_id = $1")
-                    .bind(&r.application_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some((id,)) = exists {
-                    return Err(ApiError::InvalidState(format!("application already has loan {id}")));
-                }
-                let closed: Option<(String,)> =
-                    sqlx::query_as("SELECT reason FROM closed_applications WHERE application_id = $1")
-                        .bind(&r.application_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if let Some((why,)) = closed {
-                    return Err(ApiError::InvalidState(format!(
-                        "application {} was closed before it was funded ({why})",
-                        r.application_id
-                    )));
-                }
-                let day = format_date(today());
-                // Rule C12: the partner must be on the whitelist today.
-                let listed: Option<(String,)> = sqlx::query_as(
-                    "SELECT institution_id FROM whitelist WHERE institution_id = $1 AND kind = 'PARTNER' \
-                     AND effective_from <= $2 AND (effective_to = '' OR effective_to >= $2)",
-                )
-                .bind(&r.partner_id)
-                .bind(&day)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if listed.is_none() {
-                    return Err(ApiError::NotWhitelisted(format!("partner {} is not on the bank's whitelist today", r.partner_id)));
-                }
-                if !agreement.credit_enhancer_id.is_empty() {
-                    let enhancer: Option<(String,)> = sqlx::query_as(
-                        "SELECT institution_id FROM whitelist WHERE institution_id = $1 AND kind = 'CREDIT_ENHANCER' \
-                         AND effective_from <= $2 AND (effective_to = '' OR effective_to >= $2)",
-                    )
-                    .bind(&agreement.credit_enhancer_id)
-                    .bind(&day)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if enhancer.is_none() {
-                        return Err(ApiError::NotWhitelisted(format!(
-                            "credit-enhancement firm {} is not on the bank's whitelist today",
-                            agreement.credit_enhancer_id
-                        )));
-                    }
-                }
-                // Every path takes its rows in one order (partner quota, daily quota,
-                // bank exposure of the partner, of all), so concurrent bookings never deadlock.
-                let total_quota = agreement.total_quota.as_ref().map(|m| m.minor_units).unwrap_or(0);
-                let daily_quota = agreement.daily_quota.as_ref().map(|m| m.minor_units).unwrap_or(0);
-                sqlx::query("INSERT INTO partner_usage (partner_id, used) VALUES ($1, 0) ON CONFLICT DO NOTHING")
-                    .bind(&r.partner_id)
-                    .execute(&mut *tx)
-                    .await?;
-                let total = sqlx::query(
-                    "UPDATE partner_usage SET used = used + $1 WHERE partner_id = $2 AND used + $1 <= $3",
-                )
-                .bind(split.partner)
-                .bind(&r.partner_id)
-                .bind(total_quota)
-                .execute(&mut *tx)
-                .await?;
-                if total.rows_affected() != 1 {
-                    return Err(ApiError::limit("PARTNER_TOTAL_QUOTA", "the partner's total co-funding quota would be exceeded"));
-                }
-                sqlx::query(
-                    "INSERT INTO partner_daily_usage (partner_id, day, used) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
-                )
-                .bind(&r.partner_id)
-                .bind(&day)
-                .execute(&mut *tx)
-                .await?;
-                let daily = sqlx::query(
-                    "UPDATE partner_daily_usage SET used = used + $1 WHERE partner_id = $2 AND day = $3 AND used + $1 <= $4",
-                )
-                .bind(split.partner)
-                .bind(&r.partner_id)
-                .bind(&day)
-                .bind(daily_quota)
-                .execute(&mut *tx)
-                .await?;
-                if daily.rows_affected() != 1 {
-                    return Err(ApiError::limit("PARTNER_DAILY_QUOTA", "the partner's daily co-funding quota would be exceeded"));
-                }
-                // Rules C2 and C3, on the bank's share, against the reference data.
-                let reference: Option<(i64, i64)> =
-                    sqlx::query_as("SELECT net_tier1_capital, total_loan_balance FROM bank_reference WHERE id = 1")
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let (tier1, total_loans) = reference.ok_or_else(|| {
-                    ApiError::InvalidState("the bank's reference data (net tier-1 capital, total loans) is not set".into())
-                })?;
-                let partner_scope = format!("PARTNER:{}", r.partner_id);
-                for (scope, limit, name, what) in [
-                    (partner_scope.as_str(), domain::limit_of(tier1, settings.c2_bps), "C2_PARTNER_CONCENTRATION", "the partner's co-lent balance would exceed its share of net tier-1 capital"),
-                    ("ALL", domain::limit_of(total_loans, settings.c3_bps), "C3_CO_LENDING_RATIO", "co-lent loans would exceed their share of the bank's total loans"),
-                ] {
-                    sqlx::query("INSERT INTO bank_exposure (scope, used) VALUES ($1, 0) ON CONFLICT DO NOTHING")
-                        .bind(scope)
-                        .execute(&mut *tx)
-                        .await?;
-                    let ok = sqlx::query("UPDATE bank_exposure SET used = used + $1 WHERE scope = $2 AND used + $1 <= $3")
-                        .bind(split.bank)
-                        .bind(scope)
-                        .bind(limit)
-                        .execute(&mut *tx)
-                        .await?;
-                    if ok.rows_affected() != 1 {
-                        return Err(ApiError::limit(name, what));
-                    }
-                }
-                let now = now_millis();
-                let row = LoanRow {
-                    loan_id: format!("loan_{}", uuid::Uuid::now_v7().simple()),
-                    application_id: r.application_id.clone(),
-                    partner_id: r.partner_id.clone(),
-                    status: "RESERVED".into(),
-                    currency: currency.clone(),
-                    principal: principal.minor_units,
-                    bank_amount: split.bank,
-                    partner_amount: split.partner,
-                    agreement_version: agreement.version as i64,
-                    terms: Terms {
-                        partner_share_bps: agreement.partner_share_bps as i64,
-                        bank_rate_bps: agreement.bank_rate_bps as i64,
-                        partner_rate_bps: agreement.partner_rate_bps as i64,
-                        fee_partner_bps: agreement.fee_partner_share_bps as i64,
-                    },
-                    annual_rate_bps: r.annual_rate_bps as i64,
-                    term_months: r.term_months as i64,
-                    method: r.repayment_method as i64,
-                    reserved_on: day,
-                    disbursed_on: String::new(),
-                    disbursement_ref: String::new(),
-                    paid: Paid::default(),
-                    borrower_key: r.borrower_key.clone(),
-                    expires_at: now + settings.reservation_ttl.as_millis() as i64,
-                    day_count: day_count_of(agreement.day_count),
-                    penalty_rate_bps: agreement.penalty_rate_bps as i64,
-                    waterfall: waterfall_of(&agreement.waterfall).unwrap_or_default(),
-                    accrued: Accrued::default(),
-                    penalty_through: String::new(),
-                    fee_bps: r.annual_fee_bps as i64,
-                };
-                sqlx::query(&format!(
-                    "INSERT INTO loans ({LOAN_COLS}, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                     $11, $12, $13, $14, $15, $16, $17, $18, 0, 0, 0, 0, 0, 0, $19, $20, $21, $22, $23, 0, 0, 0, 0, '', \
-                     $24, $25, 0, 0, 0, 0, $26, $26)"
-                ))
-                .bind(&row.loan_id)
-                .bind(&row.application_id)
-                .bind(&row.partner_id)
-                .bind(&row.status)
-                .bind(&row.currency)
-                .bind(row.principal)
-                .bind(row.bank_amount)
-                .bind(row.partner_amount)
-                .bind(row.agreement_version)
-                .bind(row.terms.partner_share_bps)
-                .bind(row.terms.bank_rate_bps)
-                .bind(row.terms.partner_rate_bps)
-                .bind(row.annual_rate_bps)
-                .bind(row.term_months)
-                .bind(row.method)
-                .bind(&row.reserved_on)
-                .bind(&row.disbursed_on)
-                .bind(&row.disbursement_ref)
-                .bind(&row.borrower_key)
-                .bind(row.expires_at)
-                .bind(row.day_count.name())
-                .bind(row.penalty_rate_bps)
-                .bind(row.waterfall.name())
-                .bind(row.fee_bps)
-                .bind(row.terms.fee_partner_bps)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                Ok(loan_pb(&row, &[], Vec::new()))
-            })
-        })
-        .await;
-        let outcome = match &result {
-            Ok(_) => "reserved".to_string(),
-            Err(ApiError::QuotaExceeded { limit, .. }) => limit.clone(),
-            Err(e) => e.reason().to_string(),
+        let reservation = reserve::Reservation {
+            r,
+            agreement,
+            split,
+            currency,
         };
-        metrics::counter!("colend_reservations_total", "result" => outcome).increment(1);
-        if result.is_ok() {
-            colend_platform::fault::crash_point("funding.reserve.after_commit");
-        }
-        result
+        self.reserver.reserve(request_id, hash, reservation).await
     }
 
     /// Voids a reservation and releases the quota.

@@ -145,12 +145,13 @@ impl Kyc {
         let rules = self.settings.rules.clone();
         let partner = input.partner_id.clone();
         let scope = format!("CheckBorrower:{partner}");
+        if let Some(mut c) = cached {
+            // A repeat: its only effect is the answer, recorded under its request id.
+            c.from_cache = true;
+            return idempotency::record(&self.db, scope, request_id, hash, c).await;
+        }
         let result = idempotency::run(&self.db, scope, request_id, hash, move |tx| {
             Box::pin(async move {
-                if let Some(mut c) = cached {
-                    c.from_cache = true;
-                    return Ok(c);
-                }
                 let subject = domain::Subject {
                     person_name: &input.person_name,
                     resident_id: &input.resident_id,
@@ -199,11 +200,9 @@ impl Kyc {
             })
         })
         .await?;
-        if !result.from_cache {
-            self.cache
-                .set(&cache_key, &result.encode_to_vec(), self.settings.cache_ttl)
-                .await;
-        }
+        self.cache
+            .set(&cache_key, &result.encode_to_vec(), self.settings.cache_ttl)
+            .await;
         Ok(result)
     }
 

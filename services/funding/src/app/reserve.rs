@@ -1,0 +1,688 @@
+//! Reservations, group-committed.
+//!
+//! Every reservation on a partner's quota updates the same few rows: the
+//! partner's total and daily usage, and the bank's exposure to the partner
+//! and to all co-lending (rules C2, C3). One transaction per reservation
+//! serialises them on those rows, one fsync each. So reservations that
+//! arrive together are decided together:
+//! - one worker takes what is queued, up to `COLEND_FUNDING_RESERVE_BATCH`;
+//! - it locks the usage rows once (always in one order: partner total,
+//!   partner daily, the bank's exposure to the partner, to all);
+//! - it decides each reservation in arrival order against running totals in
+//!   memory, with the same checks and refusals as one at a time;
+//! - it writes the loans, the new totals (compare-and-set against what it
+//!   locked), the idempotency keys and the audit rows in one transaction.
+//!
+//! No batching delay is added: a batch is what queued while the previous one
+//! committed, so a lone reservation goes at once. A batch that fails as a
+//! whole is retried one reservation at a time, so that one bad request
+//! cannot fail its neighbours.
+use super::*;
+use colend_platform::idempotency::{Batched, InFlight, run_batch};
+use std::collections::{HashMap, HashSet};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+/// What a batch needs of one reservation (the agreement was read and the
+/// split made before it queued).
+#[derive(Clone)]
+pub(super) struct Reservation {
+    pub r: pb::ReserveFundingRequest,
+    pub agreement: pb::Agreement,
+    pub split: Split,
+    pub currency: String,
+}
+
+struct Waiting {
+    item: Batched<Reservation>,
+    span: tracing::Span,
+    claim: InFlight,
+    reply: oneshot::Sender<ApiResult<pb::Loan>>,
+}
+
+/// The queue in front of the batch worker.
+#[derive(Clone)]
+pub(super) struct Reserver {
+    db: Db,
+    queue: mpsc::Sender<Waiting>,
+}
+
+/// The rule limits a batch applies besides each agreement's quotas.
+#[derive(Clone, Copy)]
+struct Limits {
+    c2_bps: i64,
+    c3_bps: i64,
+    ttl_ms: i64,
+}
+
+impl Reserver {
+    /// Starts the batch worker; it ends when the last `Reserver` is dropped.
+    pub fn start(db: Db, settings: &Settings) -> Reserver {
+        let max = settings.reserve_batch.max(1);
+        let (queue, rx) = mpsc::channel(max * 8);
+        let limits = Limits {
+            c2_bps: settings.c2_bps,
+            c3_bps: settings.c3_bps,
+            ttl_ms: settings.reservation_ttl.as_millis() as i64,
+        };
+        tokio::spawn(worker(db.clone(), limits, max, rx));
+        Reserver { db, queue }
+    }
+
+    /// Queues one reservation and waits for its batch to commit.
+    pub async fn reserve(
+        &self,
+        request_id: String,
+        hash: String,
+        reservation: Reservation,
+    ) -> ApiResult<pb::Loan> {
+        let scope = format!("ReserveFunding:{}", reservation.r.partner_id);
+        let claim =
+            InFlight::claim(&self.db, &scope, &request_id).ok_or(ApiError::RequestInFlight)?;
+        let (reply, answer) = oneshot::channel();
+        let waiting = Waiting {
+            item: Batched {
+                scope,
+                request_id,
+                hash,
+                caller: colend_platform::audit::current(),
+                request: reservation,
+            },
+            span: tracing::Span::current(),
+            claim,
+            reply,
+        };
+        let stopped = || ApiError::Dependency {
+            service: "funding".into(),
+            message: "the reservation worker has stopped".into(),
+        };
+        self.queue.send(waiting).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn worker(db: Db, limits: Limits, max: usize, mut rx: mpsc::Receiver<Waiting>) {
+    let mut batch = Vec::with_capacity(max);
+    while rx.recv_many(&mut batch, max).await > 0 {
+        commit(&db, limits, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn commit(db: &Db, limits: Limits, batch: Vec<Waiting>) {
+    let span = tracing::info_span!(
+        "db.transaction",
+        otel.kind = "client",
+        db.system = if db.backend == colend_platform::db::Backend::Postgres { "postgresql" } else { "sqlite" },
+        db.namespace = %db.schema,
+        db.operation = "ReserveFunding",
+        db.batch.size = batch.len(),
+    );
+    let mut items = Vec::with_capacity(batch.len());
+    let mut waiting = Vec::with_capacity(batch.len());
+    for w in batch {
+        span.follows_from(&w.span);
+        items.push(w.item);
+        waiting.push((w.claim, w.reply));
+    }
+    metrics::histogram!("colend_reservation_batch_size").record(items.len() as f64);
+    let results = match run(db, limits, &items).instrument(span.clone()).await {
+        Ok(results) => results,
+        Err(e) if items.len() > 1 => {
+            tracing::warn!(error = %e, size = items.len(), "a reservation batch failed; taking its reservations one at a time");
+            let mut results = Vec::with_capacity(items.len());
+            for one in items.chunks(1) {
+                results.push(match run(db, limits, one).instrument(span.clone()).await {
+                    Ok(mut r) => r.pop().unwrap_or(Err(ApiError::RequestInFlight)),
+                    Err(e) => Err(e),
+                });
+            }
+            results
+        }
+        Err(e) => vec![Err(e)],
+    };
+    if results.iter().any(Result::is_ok) {
+        colend_platform::fault::crash_point("funding.reserve.after_commit");
+    }
+    for ((claim, reply), result) in waiting.into_iter().zip(results) {
+        let outcome = match &result {
+            Ok(_) => "reserved".to_string(),
+            Err(ApiError::QuotaExceeded { limit, .. }) => limit.clone(),
+            Err(e) => e.reason().to_string(),
+        };
+        metrics::counter!("colend_reservations_total", "result" => outcome).increment(1);
+        // The key is free again before the caller hears back.
+        drop(claim);
+        let _ = reply.send(result);
+    }
+}
+
+async fn run(
+    db: &Db,
+    limits: Limits,
+    items: &[Batched<Reservation>],
+) -> ApiResult<Vec<ApiResult<pb::Loan>>> {
+    run_batch(db, items, move |tx, reservations| {
+        Box::pin(decide_and_write(tx, limits, reservations))
+    })
+    .await
+}
+
+/// Locks a usage row (creating it at zero) and reads it.
+async fn lock_usage(tx: &mut AnyConnection, sql: &str, keys: &[&str]) -> ApiResult<i64> {
+    let mut q = sqlx::query_as::<_, (i64,)>(sql);
+    for k in keys {
+        q = q.bind(k.to_string());
+    }
+    Ok(q.fetch_one(&mut *tx).await?.0)
+}
+
+/// Moves a locked usage row from `old` to `new`; anything else is a bug.
+async fn store_usage(
+    tx: &mut AnyConnection,
+    sql: &str,
+    keys: &[&str],
+    old: i64,
+    new: i64,
+) -> ApiResult<()> {
+    if old == new {
+        return Ok(());
+    }
+    let mut q = sqlx::query(sql).bind(new).bind(old);
+    for k in keys {
+        q = q.bind(k.to_string());
+    }
+    if q.execute(&mut *tx).await?.rows_affected() != 1 {
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "a locked usage row changed under its batch ({keys:?})"
+        )));
+    }
+    Ok(())
+}
+
+const LOCK_TOTAL: &str = "INSERT INTO partner_usage (partner_id, used) VALUES ($1, 0) \
+    ON CONFLICT (partner_id) DO UPDATE SET used = partner_usage.used RETURNING used";
+const LOCK_DAILY: &str = "INSERT INTO partner_daily_usage (partner_id, day, used) VALUES ($1, $2, 0) \
+    ON CONFLICT (partner_id, day) DO UPDATE SET used = partner_daily_usage.used RETURNING used";
+const LOCK_EXPOSURE: &str = "INSERT INTO bank_exposure (scope, used) VALUES ($1, 0) \
+    ON CONFLICT (scope) DO UPDATE SET used = bank_exposure.used RETURNING used";
+const STORE_TOTAL: &str = "UPDATE partner_usage SET used = $1 WHERE used = $2 AND partner_id = $3";
+const STORE_DAILY: &str =
+    "UPDATE partner_daily_usage SET used = $1 WHERE used = $2 AND partner_id = $3 AND day = $4";
+const STORE_EXPOSURE: &str = "UPDATE bank_exposure SET used = $1 WHERE used = $2 AND scope = $3";
+
+/// Usage as locked, and as the batch leaves it.
+#[derive(Default)]
+struct Usage {
+    locked: HashMap<String, i64>,
+    now: HashMap<String, i64>,
+}
+
+impl Usage {
+    fn lock(&mut self, key: String, used: i64) {
+        self.locked.insert(key.clone(), used);
+        self.now.insert(key, used);
+    }
+    fn used(&self, key: &str) -> i64 {
+        self.now.get(key).copied().unwrap_or(0)
+    }
+    fn add(&mut self, key: &str, amount: i64) {
+        *self.now.entry(key.to_string()).or_insert(0) += amount;
+    }
+    fn change(&self, key: &str) -> (i64, i64) {
+        (self.locked.get(key).copied().unwrap_or(0), self.used(key))
+    }
+}
+
+/// What the batch read before deciding.
+struct Facts {
+    day: String,
+    /// Application → its loan, for loans already made.
+    loans: HashMap<String, String>,
+    /// Application → why it was closed to funding.
+    closed: HashMap<String, String>,
+    /// (institution, kind) on the whitelist today.
+    listed: HashSet<(String, String)>,
+    /// Net tier-1 capital and total loans.
+    reference: Option<(i64, i64)>,
+}
+
+/// `(application_id, value)` rows of `select … WHERE application_id` for these applications.
+async fn by_application(
+    tx: &mut AnyConnection,
+    select: &str,
+    apps: &[&str],
+) -> ApiResult<HashMap<String, String>> {
+    let sql = format!(
+        "{select} IN ({})",
+        colend_platform::db::placeholders(tx, apps.len(), 1, 1)
+    );
+    let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+    for a in apps {
+        q = q.bind(a.to_string());
+    }
+    Ok(q.fetch_all(&mut *tx).await?.into_iter().collect())
+}
+
+async fn read_facts(tx: &mut AnyConnection, rs: &[Reservation], day: String) -> ApiResult<Facts> {
+    let apps: Vec<&str> = rs.iter().map(|q| q.r.application_id.as_str()).collect();
+    let loans = by_application(
+        tx,
+        "SELECT application_id, loan_id FROM loans WHERE application_id",
+        &apps,
+    )
+    .await?;
+    let closed = by_application(
+        tx,
+        "SELECT application_id, reason FROM closed_applications WHERE application_id",
+        &apps,
+    )
+    .await?;
+    let mut institutions: Vec<&str> = rs
+        .iter()
+        .flat_map(|q| {
+            [
+                q.r.partner_id.as_str(),
+                q.agreement.credit_enhancer_id.as_str(),
+            ]
+        })
+        .filter(|i| !i.is_empty())
+        .collect();
+    institutions.sort_unstable();
+    institutions.dedup();
+    let n = institutions.len();
+    let sql = format!(
+        "SELECT institution_id, kind FROM whitelist WHERE institution_id IN ({}) \
+         AND effective_from <= {} AND (effective_to = '' OR effective_to >= {})",
+        colend_platform::db::placeholders(tx, n, 1, 1),
+        colend_platform::db::placeholders(tx, 1, 1, n + 1),
+        colend_platform::db::placeholders(tx, 1, 1, n + 2),
+    );
+    let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+    for i in &institutions {
+        q = q.bind(i.to_string());
+    }
+    q = q.bind(day.clone()).bind(day.clone());
+    let listed = q.fetch_all(&mut *tx).await?.into_iter().collect();
+    let reference = sqlx::query_as(
+        "SELECT net_tier1_capital, total_loan_balance FROM bank_reference WHERE id = 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(Facts {
+        day,
+        loans,
+        closed,
+        listed,
+        reference,
+    })
+}
+
+/// Decides and writes a batch: see the module's documentation.
+async fn decide_and_write(
+    tx: &mut AnyConnection,
+    limits: Limits,
+    rs: Vec<Reservation>,
+) -> ApiResult<Vec<ApiResult<pb::Loan>>> {
+    let day = format_date(today());
+    let mut partners: Vec<&str> = rs.iter().map(|q| q.r.partner_id.as_str()).collect();
+    partners.sort_unstable();
+    partners.dedup();
+    // Every path takes these rows in one order, so bookings never deadlock.
+    let mut total = Usage::default();
+    let mut daily = Usage::default();
+    let mut exposure = Usage::default();
+    for p in &partners {
+        total.lock(p.to_string(), lock_usage(tx, LOCK_TOTAL, &[p]).await?);
+    }
+    for p in &partners {
+        daily.lock(p.to_string(), lock_usage(tx, LOCK_DAILY, &[p, &day]).await?);
+    }
+    for p in &partners {
+        let scope = format!("PARTNER:{p}");
+        let used = lock_usage(tx, LOCK_EXPOSURE, &[&scope]).await?;
+        exposure.lock(scope, used);
+    }
+    exposure.lock("ALL".into(), lock_usage(tx, LOCK_EXPOSURE, &["ALL"]).await?);
+    let mut facts = read_facts(tx, &rs, day.clone()).await?;
+
+    let now = now_millis();
+    let mut rows = Vec::new();
+    let mut outcomes = Vec::with_capacity(rs.len());
+    for q in &rs {
+        match decide(q, &mut facts, &mut total, &mut daily, &mut exposure, limits) {
+            Ok(()) => {
+                let row = loan_row_of(q, &facts.day, now + limits.ttl_ms);
+                facts
+                    .loans
+                    .insert(row.application_id.clone(), row.loan_id.clone());
+                outcomes.push(Ok(loan_pb(&row, &[], Vec::new())));
+                rows.push(row);
+            }
+            Err(e) => outcomes.push(Err(e)),
+        }
+    }
+    insert_loans(tx, &rows, now).await?;
+    for p in &partners {
+        let (old, new) = total.change(p);
+        store_usage(tx, STORE_TOTAL, &[p], old, new).await?;
+    }
+    for p in &partners {
+        let (old, new) = daily.change(p);
+        store_usage(tx, STORE_DAILY, &[p, &day], old, new).await?;
+    }
+    for p in &partners {
+        let scope = format!("PARTNER:{p}");
+        let (old, new) = exposure.change(&scope);
+        store_usage(tx, STORE_EXPOSURE, &[&scope], old, new).await?;
+    }
+    let (old, new) = exposure.change("ALL");
+    store_usage(tx, STORE_EXPOSURE, &["ALL"], old, new).await?;
+    Ok(outcomes)
+}
+
+/// One reservation's checks, in the order a lone reservation makes them; on
+/// success its amounts are added to the running totals.
+fn decide(
+    q: &Reservation,
+    facts: &mut Facts,
+    total: &mut Usage,
+    daily: &mut Usage,
+    exposure: &mut Usage,
+    limits: Limits,
+) -> ApiResult<()> {
+    let r = &q.r;
+    if let Some(id) = facts.loans.get(&r.application_id) {
+        return Err(ApiError::InvalidState(format!(
+            "application already has loan {id}"
+        )));
+    }
+    if let Some(why) = facts.closed.get(&r.application_id) {
+        return Err(ApiError::InvalidState(format!(
+            "application {} was closed before it was funded ({why})",
+            r.application_id
+        )));
+    }
+    // Rule C12: the partner (and its credit-enhancement firm) must be on the whitelist today.
+    if !facts
+        .listed
+        .contains(&(r.partner_id.clone(), "PARTNER".to_string()))
+    {
+        return Err(ApiError::NotWhitelisted(format!(
+            "partner {} is not on the bank's whitelist today",
+            r.partner_id
+        )));
+    }
+    let enhancer = &q.agreement.credit_enhancer_id;
+    if !enhancer.is_empty()
+        && !facts
+            .listed
+            .contains(&(enhancer.clone(), "CREDIT_ENHANCER".to_string()))
+    {
+        return Err(ApiError::NotWhitelisted(format!(
+            "credit-enhancement firm {enhancer} is not on the bank's whitelist today"
+        )));
+    }
+    let quota = |m: &Option<Money>| m.as_ref().map(|m| m.minor_units).unwrap_or(0);
+    let (partner, bank) = (q.split.partner, q.split.bank);
+    if !domain::within(
+        total.used(&r.partner_id),
+        partner,
+        quota(&q.agreement.total_quota),
+    ) {
+        return Err(ApiError::limit(
+            "PARTNER_TOTAL_QUOTA",
+            "the partner's total co-funding quota would be exceeded",
+        ));
+    }
+    if !domain::within(
+        daily.used(&r.partner_id),
+        partner,
+        quota(&q.agreement.daily_quota),
+    ) {
+        return Err(ApiError::limit(
+            "PARTNER_DAILY_QUOTA",
+            "the partner's daily co-funding quota would be exceeded",
+        ));
+    }
+    // Rules C2 and C3, on the bank's share, against the reference data.
+    let (tier1, total_loans) = facts.reference.ok_or_else(|| {
+        ApiError::InvalidState(
+            "the bank's reference data (net tier-1 capital, total loans) is not set".into(),
+        )
+    })?;
+    let scope = format!("PARTNER:{}", r.partner_id);
+    if !domain::within(
+        exposure.used(&scope),
+        bank,
+        domain::limit_of(tier1, limits.c2_bps),
+    ) {
+        return Err(ApiError::limit(
+            "C2_PARTNER_CONCENTRATION",
+            "the partner's co-lent balance would exceed its share of net tier-1 capital",
+        ));
+    }
+    if !domain::within(
+        exposure.used("ALL"),
+        bank,
+        domain::limit_of(total_loans, limits.c3_bps),
+    ) {
+        return Err(ApiError::limit(
+            "C3_CO_LENDING_RATIO",
+            "co-lent loans would exceed their share of the bank's total loans",
+        ));
+    }
+    total.add(&r.partner_id, partner);
+    daily.add(&r.partner_id, partner);
+    exposure.add(&scope, bank);
+    exposure.add("ALL", bank);
+    Ok(())
+}
+
+fn loan_row_of(q: &Reservation, day: &str, expires_at: i64) -> LoanRow {
+    let (r, a) = (&q.r, &q.agreement);
+    LoanRow {
+        loan_id: format!("loan_{}", uuid::Uuid::now_v7().simple()),
+        application_id: r.application_id.clone(),
+        partner_id: r.partner_id.clone(),
+        status: "RESERVED".into(),
+        currency: q.currency.clone(),
+        principal: r.principal.as_ref().map(|m| m.minor_units).unwrap_or(0),
+        bank_amount: q.split.bank,
+        partner_amount: q.split.partner,
+        agreement_version: a.version as i64,
+        terms: Terms {
+            partner_share_bps: a.partner_share_bps as i64,
+            bank_rate_bps: a.bank_rate_bps as i64,
+            partner_rate_bps: a.partner_rate_bps as i64,
+            fee_partner_bps: a.fee_partner_share_bps as i64,
+        },
+        annual_rate_bps: r.annual_rate_bps as i64,
+        term_months: r.term_months as i64,
+        method: r.repayment_method as i64,
+        reserved_on: day.to_string(),
+        disbursed_on: String::new(),
+        disbursement_ref: String::new(),
+        paid: Paid::default(),
+        borrower_key: r.borrower_key.clone(),
+        expires_at,
+        day_count: day_count_of(a.day_count),
+        penalty_rate_bps: a.penalty_rate_bps as i64,
+        waterfall: waterfall_of(&a.waterfall).unwrap_or_default(),
+        accrued: Accrued::default(),
+        penalty_through: String::new(),
+        fee_bps: r.annual_fee_bps as i64,
+    }
+}
+
+/// Parameters of one new loan's row.
+const LOAN_PARAMS: usize = 27;
+/// Loans a multi-row INSERT carries at most.
+const LOANS_PER_INSERT: usize = 100;
+
+async fn insert_loans(tx: &mut AnyConnection, rows: &[LoanRow], now: i64) -> ApiResult<()> {
+    for chunk in rows.chunks(LOANS_PER_INSERT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = |k: usize| colend_platform::db::placeholders(tx, 1, 1, i * LOAN_PARAMS + k);
+                let run = |from: usize, to: usize| {
+                    colend_platform::db::placeholders(tx, to - from + 1, 1, i * LOAN_PARAMS + from)
+                };
+                // New loans have nothing paid or accrued yet.
+                format!(
+                    "({}, 0, 0, 0, 0, 0, 0, {}, 0, 0, 0, 0, '', {}, 0, 0, 0, 0, {}, {})",
+                    run(1, 18),
+                    run(19, 23),
+                    run(24, 25),
+                    p(26),
+                    p(27)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO loans ({LOAN_COLS}, created_at, updated_at) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for row in chunk {
+            q = q
+                .bind(row.loan_id.clone())
+                .bind(row.application_id.clone())
+                .bind(row.partner_id.clone())
+                .bind(row.status.clone())
+                .bind(row.currency.clone())
+                .bind(row.principal)
+                .bind(row.bank_amount)
+                .bind(row.partner_amount)
+                .bind(row.agreement_version)
+                .bind(row.terms.partner_share_bps)
+                .bind(row.terms.bank_rate_bps)
+                .bind(row.terms.partner_rate_bps)
+                .bind(row.annual_rate_bps)
+                .bind(row.term_months)
+                .bind(row.method)
+                .bind(row.reserved_on.clone())
+                .bind(row.disbursed_on.clone())
+                .bind(row.disbursement_ref.clone())
+                .bind(row.borrower_key.clone())
+                .bind(row.expires_at)
+                .bind(row.day_count.name())
+                .bind(row.penalty_rate_bps)
+                .bind(row.waterfall.name())
+                .bind(row.fee_bps)
+                .bind(row.terms.fee_partner_bps)
+                .bind(now)
+                .bind(now);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reservation(app: usize, principal: i64, quota: i64) -> Reservation {
+        let cny = |m: i64| money(m, "CNY");
+        Reservation {
+            r: pb::ReserveFundingRequest {
+                application_id: format!("app-{app}"),
+                partner_id: "p1".into(),
+                principal: cny(principal),
+                ..Default::default()
+            },
+            agreement: pb::Agreement {
+                partner_share_bps: 3_000,
+                total_quota: cny(quota),
+                daily_quota: cny(quota),
+                ..Default::default()
+            },
+            split: domain::split(principal, 3_000),
+            currency: "CNY".into(),
+        }
+    }
+
+    fn facts(reference: (i64, i64)) -> Facts {
+        Facts {
+            day: "2026-11-23".into(),
+            loans: HashMap::new(),
+            closed: HashMap::new(),
+            listed: [("p1".to_string(), "PARTNER".to_string())].into(),
+            reference: Some(reference),
+        }
+    }
+
+    proptest! {
+        /// Deciding a batch in memory never books past any limit, and
+        /// refuses a reservation only when it would not have fitted.
+        #[test]
+        fn a_batch_never_overbooks(
+            principals in proptest::collection::vec(1i64..5_000_000, 1..200),
+            quota in 0i64..50_000_000,
+            used in 0i64..10_000_000,
+            tier1 in 0i64..200_000_000,
+            loans in 0i64..400_000_000,
+        ) {
+            let limits = Limits { c2_bps: 2_500, c3_bps: 5_000, ttl_ms: 0 };
+            let mut f = facts((tier1, loans));
+            let (mut total, mut daily, mut exposure) = (Usage::default(), Usage::default(), Usage::default());
+            total.lock("p1".into(), used);
+            daily.lock("p1".into(), 0);
+            exposure.lock("PARTNER:p1".into(), 0);
+            exposure.lock("ALL".into(), 0);
+            let (mut partner_sum, mut bank_sum) = (0i64, 0i64);
+            for (i, p) in principals.iter().enumerate() {
+                let q = reservation(i, *p, quota);
+                let before = (total.used("p1"), daily.used("p1"), exposure.used("ALL"));
+                match decide(&q, &mut f, &mut total, &mut daily, &mut exposure, limits) {
+                    Ok(()) => {
+                        prop_assert_eq!(q.split.bank + q.split.partner, *p);
+                        partner_sum += q.split.partner;
+                        bank_sum += q.split.bank;
+                    }
+                    Err(ApiError::QuotaExceeded { limit, .. }) => {
+                        let fits = |used: i64, add: i64, limit: i64| used + add <= limit;
+                        let c2 = domain::limit_of(tier1, 2_500);
+                        let c3 = domain::limit_of(loans, 5_000);
+                        prop_assert!(
+                            !fits(before.0, q.split.partner, quota)
+                                || !fits(before.1, q.split.partner, quota)
+                                || !fits(exposure.used("PARTNER:p1"), q.split.bank, c2)
+                                || !fits(before.2, q.split.bank, c3),
+                            "{limit} refused a reservation that fitted"
+                        );
+                        prop_assert_eq!((total.used("p1"), daily.used("p1"), exposure.used("ALL")), before);
+                    }
+                    Err(e) => prop_assert!(false, "unexpected refusal {e}"),
+                }
+            }
+            prop_assert_eq!(total.used("p1"), used + partner_sum);
+            prop_assert!(daily.used("p1") <= quota);
+            prop_assert!(total.used("p1") <= quota.max(used));
+            prop_assert!(exposure.used("PARTNER:p1") <= domain::limit_of(tier1, 2_500));
+            prop_assert!(exposure.used("ALL") <= domain::limit_of(loans, 5_000));
+            prop_assert_eq!(exposure.used("ALL"), bank_sum);
+        }
+
+        /// One application gets one loan, however often it appears in a batch.
+        #[test]
+        fn one_loan_per_application(apps in proptest::collection::vec(0usize..5, 1..50)) {
+            let limits = Limits { c2_bps: 10_000, c3_bps: 10_000, ttl_ms: 0 };
+            let mut f = facts((i64::MAX / 4, i64::MAX / 4));
+            let (mut total, mut daily, mut exposure) = (Usage::default(), Usage::default(), Usage::default());
+            let mut booked = HashSet::new();
+            for a in apps {
+                let q = reservation(a, 1_000, i64::MAX / 4);
+                let fresh = !f.loans.contains_key(&q.r.application_id);
+                let decided = decide(&q, &mut f, &mut total, &mut daily, &mut exposure, limits);
+                prop_assert_eq!(decided.is_ok(), fresh);
+                if decided.is_ok() {
+                    let row = loan_row_of(&q, &f.day, 0);
+                    f.loans.insert(row.application_id.clone(), row.loan_id);
+                    prop_assert!(booked.insert(a));
+                }
+            }
+        }
+    }
+}
