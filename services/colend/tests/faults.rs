@@ -1035,9 +1035,13 @@ async fn fault_suite() {
             .await
             .unwrap();
     assert_eq!(voided, "VOID", "the compensation voided the reservation");
+    // (Funding's own "reservation released" event may be relayed before or after it.)
     let history = status_of(&c, &partner, &a3.application_id).await.history;
-    let last = history.last().unwrap();
-    assert!(last.detail.contains("voided"), "{}", last.detail);
+    assert!(
+        history.iter().any(|h| h.detail.contains("voided")),
+        "{:?}",
+        history.iter().map(|h| &h.detail).collect::<Vec<_>>()
+    );
     // Replaying the abandonment changes nothing.
     let again = resume(
         &c,
