@@ -345,33 +345,30 @@ async fn claim(
     now: i64,
     c: Claim,
 ) -> ApiResult<bool> {
-    let q = if db.backend == crate::db::Backend::Postgres {
-        const CLAIM: &str = "INSERT INTO idempotency_keys (scope, request_id, request_hash, outcome, response, created_at) \
-             SELECT $1, $2, $3, $4, $5, $6 WHERE pg_try_advisory_xact_lock(hashtextextended($7, 0)) \
-             ON CONFLICT DO NOTHING";
-        const CLAIM_RELAXED: &str = "INSERT INTO idempotency_keys (scope, request_id, request_hash, outcome, response, created_at) \
-             SELECT $1, $2, $3, $4, $5, $6 WHERE pg_try_advisory_xact_lock(hashtextextended($7, 0)) \
-             AND set_config('synchronous_commit', 'off', true) = 'off' ON CONFLICT DO NOTHING";
-        sqlx::query(if c.relaxed { CLAIM_RELAXED } else { CLAIM })
-            .bind(scope)
-            .bind(request_id)
-            .bind(hash)
-            .bind(c.outcome)
-            .bind(c.response)
-            .bind(now)
-            .bind(format!("{}\n{scope}\n{request_id}", db.schema))
-    } else {
-        sqlx::query(
-            "INSERT INTO idempotency_keys (scope, request_id, request_hash, outcome, response, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
+    const CLAIM: &str = "INSERT INTO idempotency_keys (scope, request_id, request_hash, outcome, response, created_at) \
+         SELECT $1, $2, $3, $4, $5, $6 WHERE pg_try_advisory_xact_lock(hashtextextended($7, 0)) \
+         ON CONFLICT DO NOTHING";
+    const CLAIM_RELAXED: &str = "INSERT INTO idempotency_keys (scope, request_id, request_hash, outcome, response, created_at) \
+         SELECT $1, $2, $3, $4, $5, $6 WHERE pg_try_advisory_xact_lock(hashtextextended($7, 0)) \
+         AND set_config('synchronous_commit', 'off', true) = 'off' ON CONFLICT DO NOTHING";
+    const CLAIM_SQLITE: &str = "INSERT INTO idempotency_keys (scope, request_id, request_hash, outcome, response, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+    let postgres = db.backend == crate::db::Backend::Postgres;
+    let sql = match (postgres, c.relaxed) {
+        (true, true) => CLAIM_RELAXED,
+        (true, false) => CLAIM,
+        (false, _) => CLAIM_SQLITE,
+    };
+    let mut q = sqlx::query(sql)
         .bind(scope)
         .bind(request_id)
         .bind(hash)
         .bind(c.outcome)
         .bind(c.response)
-        .bind(now)
-    };
+        .bind(now);
+    if postgres {
+        q = q.bind(format!("{}\n{scope}\n{request_id}", db.schema));
+    }
     Ok(q.execute(&mut *tx).await?.rows_affected() == 1)
 }
 
