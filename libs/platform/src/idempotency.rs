@@ -29,6 +29,43 @@ enum Stored<M> {
     Pending,
 }
 
+impl<M> Stored<M> {
+    /// What the caller is told: the stored answer, or REQUEST_IN_FLIGHT
+    /// while the first call is still being worked on.
+    fn answer(self) -> ApiResult<M> {
+        match self {
+            Stored::Ok(m) => Ok(m),
+            Stored::Err(e) => Err(e),
+            Stored::Pending => Err(ApiError::RequestInFlight),
+        }
+    }
+}
+
+/// The answer for a key that could not be claimed: stored earlier, or (not
+/// yet visible) being worked on by another replica. Ends the transaction.
+async fn replay<M: Message + Default>(
+    mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    scope: &str,
+    request_id: &str,
+    hash: &str,
+) -> ApiResult<M> {
+    let stored = lookup::<M>(&mut tx, scope, request_id, hash).await;
+    tx.rollback().await.ok();
+    stored?.map_or(Err(ApiError::RequestInFlight), Stored::answer)
+}
+
+/// The span of a transaction made for `operation` (an RPC's name).
+pub fn transaction_span(db: &Db, operation: &str) -> tracing::Span {
+    tracing::info_span!(
+        "db.transaction",
+        otel.kind = "client",
+        db.system = if db.backend == crate::db::Backend::Postgres { "postgresql" } else { "sqlite" },
+        db.namespace = %db.schema,
+        db.operation = %operation,
+        db.batch.size = tracing::field::Empty,
+    )
+}
+
 async fn lookup<M: Message + Default>(
     conn: &mut AnyConnection,
     scope: &str,
@@ -123,13 +160,7 @@ where
     let db = db.clone();
     // Who is calling, for the audit log (the work below runs in its own task).
     let caller = crate::audit::current();
-    let span = tracing::info_span!(
-        "db.transaction",
-        otel.kind = "client",
-        db.system = if db.backend == crate::db::Backend::Postgres { "postgresql" } else { "sqlite" },
-        db.namespace = %db.schema,
-        db.operation = %scope.split(':').next().unwrap_or(""),
-    );
+    let span = transaction_span(&db, scope.split(':').next().unwrap_or(""));
     tokio::spawn(tracing::Instrument::instrument(
         async move { run_inner(db, scope, request_id, hash, effect, caller).await },
         span,
@@ -216,13 +247,7 @@ async fn record_in<M: Message + Default>(
     )
     .await?
     {
-        let stored = lookup::<M>(&mut tx, scope, request_id, hash).await;
-        tx.rollback().await.ok();
-        return match stored? {
-            Some(Stored::Ok(m)) => Ok(m),
-            Some(Stored::Err(e)) => Err(e),
-            _ => Err(ApiError::RequestInFlight),
-        };
+        return replay(tx, scope, request_id, hash).await;
     }
     let entry = crate::audit::Entry::for_call(caller.as_ref(), scope, request_id, "ALLOWED", "");
     crate::audit::append(&mut tx, &entry).await?;
@@ -261,14 +286,7 @@ where
     )
     .await?
     {
-        // Answered before (its answer is stored), or being worked on by another replica.
-        let stored = lookup::<M>(&mut tx, &scope, &request_id, &hash).await;
-        tx.rollback().await.ok();
-        return match stored? {
-            Some(Stored::Ok(m)) => Ok(m),
-            Some(Stored::Err(e)) => Err(e),
-            _ => Err(ApiError::RequestInFlight),
-        };
+        return replay(tx, &scope, &request_id, &hash).await;
     }
     match effect(&mut tx).await {
         Ok(resp) => {
@@ -409,20 +427,20 @@ where
     F: for<'t> FnOnce(&'t mut AnyConnection, Vec<R>) -> BoxFuture<'t, ApiResult<Vec<ApiResult<M>>>>,
 {
     let mut results: Vec<Option<ApiResult<M>>> = items.iter().map(|_| None).collect();
-    let key = |b: &Batched<R>| format!("{}\n{}\n{}", db.schema, b.scope, b.request_id);
     let mut tx = db.pool.begin().await?;
     if db.backend == crate::db::Backend::Postgres {
+        let keys: Vec<String> = items
+            .iter()
+            .map(|b| format!("{}\n{}\n{}", db.schema, b.scope, b.request_id))
+            .collect();
+        let rows: Vec<String> = (1..=keys.len()).map(|i| format!("(${i})")).collect();
         let sql = format!(
             "SELECT k FROM (VALUES {}) AS v(k) WHERE NOT pg_try_advisory_xact_lock(hashtextextended(k, 0))",
-            crate::db::placeholders(&tx, items.len(), 1, 1)
-                .split(", ")
-                .map(|p| format!("({p})"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            rows.join(", ")
         );
         let mut q = sqlx::query_as::<_, (String,)>(&sql);
-        for b in items {
-            q = q.bind(key(b));
+        for k in &keys {
+            q = q.bind(k.clone());
         }
         let busy: std::collections::HashSet<String> = q
             .fetch_all(&mut *tx)
@@ -430,8 +448,8 @@ where
             .into_iter()
             .map(|(k,)| k)
             .collect();
-        for (b, slot) in items.iter().zip(results.iter_mut()) {
-            if busy.contains(&key(b)) {
+        for (k, slot) in keys.iter().zip(results.iter_mut()) {
+            if busy.contains(k) {
                 *slot = Some(Err(ApiError::RequestInFlight));
             }
         }
@@ -456,11 +474,7 @@ where
             continue;
         }
         if let Some((h, o, r)) = stored.get(&(b.scope.clone(), b.request_id.clone())) {
-            *slot = Some(match decode::<M>(h, &b.hash, o, r) {
-                Ok(Stored::Ok(m)) => Ok(m),
-                Ok(Stored::Err(e)) | Err(e) => Err(e),
-                Ok(Stored::Pending) => Err(ApiError::RequestInFlight),
-            });
+            *slot = Some(decode::<M>(h, &b.hash, o, r).and_then(Stored::answer));
         }
     }
     let fresh: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none()).collect();

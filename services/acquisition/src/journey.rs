@@ -109,10 +109,9 @@ impl Settings {
 }
 
 /// The application as its journey sees it.
-#[derive(Clone)]
 struct State {
     status: Status,
-    req: Arc<pb::SubmitApplicationRequest>,
+    req: pb::SubmitApplicationRequest,
     partner: String,
     kyc_age: i64,
     kyc_region: String,
@@ -341,48 +340,39 @@ impl Journey {
                 return Ok(());
             }
             leased = true;
-            let s = match state.take() {
+            let mut s = match state.take() {
                 Some(s) => s,
                 None => self.load_state(application_id).await?,
             };
-            let State {
-                status,
-                ref req,
-                ref partner,
-                kyc_age,
-                ref kyc_region,
-                ref decision,
-                ref person_key,
-            } = s;
+            let status = s.status;
             if !status.is_in_progress() {
                 return Ok(());
             }
-            let (partner, req, person_key) = (partner.as_str(), req, person_key.as_str());
             let step = match status {
                 Status::Submitted => {
-                    self.with_retries(|| self.step_kyc(application_id, partner, req))
+                    self.with_retries(|| self.step_kyc(application_id, &s.partner, &s.req))
                         .await
                 }
                 Status::KycPassed => {
                     self.with_retries(|| {
                         self.step_credit(
                             application_id,
-                            partner,
-                            req,
-                            (kyc_age as i32, kyc_region),
-                            person_key,
+                            &s.partner,
+                            &s.req,
+                            (s.kyc_age as i32, &s.kyc_region),
+                            &s.person_key,
                         )
                     })
                     .await
                 }
                 Status::Approved => {
                     colend_platform::fault::pause_point("acquisition.journey.before_funding").await;
-                    let d: pb::DecisionSummary = hex::decode(decision)
+                    let d: pb::DecisionSummary = hex::decode(&s.decision)
                         .ok()
                         .and_then(|b| pb::DecisionSummary::decode(b.as_slice()).ok())
                         .unwrap_or_default();
                     self.with_retries(|| {
-                        self.step_funding(application_id, partner, req, &d, person_key)
+                        self.step_funding(application_id, &s.partner, &s.req, &d, &s.person_key)
                     })
                     .await
                 }
@@ -411,14 +401,13 @@ impl Journey {
                     }
                 }
             };
-            let mut next = s.clone();
-            next.moved(&result);
+            s.moved(&result);
             if !self.transition(application_id, status, result).await? {
                 // Another worker moved it on; look again.
                 leased = false;
                 continue;
             }
-            state = Some(next);
+            state = Some(s);
             crash_point("acquisition.journey.after_commit");
         }
     }
@@ -444,7 +433,7 @@ impl Journey {
             pb::SubmitApplicationRequest::decode(plain.as_slice()).map_err(ApiError::internal)?;
         Ok(State {
             status,
-            req: Arc::new(req),
+            req,
             partner,
             kyc_age,
             kyc_region,

@@ -109,14 +109,8 @@ async fn worker(db: Db, limits: Limits, max: usize, mut rx: mpsc::Receiver<Waiti
 }
 
 async fn commit(db: &Db, limits: Limits, batch: Vec<Waiting>) {
-    let span = tracing::info_span!(
-        "db.transaction",
-        otel.kind = "client",
-        db.system = if db.backend == colend_platform::db::Backend::Postgres { "postgresql" } else { "sqlite" },
-        db.namespace = %db.schema,
-        db.operation = "ReserveFunding",
-        db.batch.size = batch.len(),
-    );
+    let span = colend_platform::idempotency::transaction_span(db, "ReserveFunding");
+    span.record("db.batch.size", batch.len());
     let mut items = Vec::with_capacity(batch.len());
     let mut waiting = Vec::with_capacity(batch.len());
     for w in batch {
