@@ -47,6 +47,13 @@ pub enum ApiError {
     NoAgreement(String),
     #[error("{0}")]
     NotWhitelisted(String),
+    /// The same bank transaction was already booked with other content.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A precondition that can still become true (set-up not done yet):
+    /// never stored against a request id, so a retry can succeed.
+    #[error("{0}")]
+    NotReady(String),
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -102,6 +109,8 @@ impl ApiError {
             ApiError::InvalidState(_) => "INVALID_STATE",
             ApiError::NoAgreement(_) => "NO_AGREEMENT",
             ApiError::NotWhitelisted(_) => "NOT_WHITELISTED",
+            ApiError::AlreadyExists(_) => "ALREADY_EXISTS",
+            ApiError::NotReady(_) => "NOT_READY",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::PermissionDenied(_) => "PERMISSION_DENIED",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
@@ -121,6 +130,8 @@ impl ApiError {
             ApiError::InvalidState(_) => Code::FailedPrecondition,
             ApiError::NoAgreement(_) => Code::FailedPrecondition,
             ApiError::NotWhitelisted(_) => Code::FailedPrecondition,
+            ApiError::AlreadyExists(_) => Code::AlreadyExists,
+            ApiError::NotReady(_) => Code::FailedPrecondition,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::RateLimited { .. } => Code::ResourceExhausted,
@@ -203,6 +214,8 @@ pub fn from_downstream(service: &str, status: Status) -> ApiError {
         (_, "NO_AGREEMENT") => ApiError::NoAgreement(msg),
         (_, "NOT_WHITELISTED") => ApiError::NotWhitelisted(msg),
         (_, "INVALID_STATE") => ApiError::InvalidState(msg),
+        (_, "ALREADY_EXISTS") => ApiError::AlreadyExists(msg),
+        (_, "NOT_READY") => ApiError::NotReady(msg),
         (Code::NotFound, _) => ApiError::NotFound(msg),
         (Code::InvalidArgument, _) => {
             let v = status

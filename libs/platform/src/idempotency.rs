@@ -5,8 +5,10 @@
 //! while the first is still running is refused at once with ABORTED /
 //! REQUEST_IN_FLIGHT; retried, it then gets the stored response. The same key with
 //! a different request hash is refused with IDEMPOTENCY_KEY_REUSED.
-//! Deterministic business refusals are stored too, so a replay gets the
-//! same answer; transient failures are not, so a retry can succeed.
+//! Final business refusals (decided by reason code, [`FINAL_REASONS`]) are
+//! stored too, in the same transaction as the claim, so a replay gets the
+//! same answer; transient failures and missing set-up are not, so a retry
+//! can succeed.
 //!
 //! Every service's schema has the table:
 //! `idempotency_keys(scope, request_id, request_hash, outcome, response, created_at)`.
@@ -120,20 +122,28 @@ fn error_from_stored(reason: &str, message: &str) -> ApiError {
         "NO_AGREEMENT" => ApiError::NoAgreement(m),
         "DUPLICATE_APPLICATION" => ApiError::DuplicateApplication(m),
         "NOT_FOUND" => ApiError::NotFound(m),
-        _ => ApiError::InvalidState(m),
+        "ALREADY_EXISTS" => ApiError::AlreadyExists(m),
+        // A reason stored by an older version that is no longer final.
+        other => ApiError::internal(anyhow::anyhow!("stored refusal with reason {other}: {m}")),
     }
 }
 
-/// Business refusals that a replay must return unchanged.
+/// The reasons of final business refusals: a replay must return them
+/// unchanged. Every other error (invalid input, which never reached the
+/// effect; a missing set-up such as NO_AGREEMENT or NOT_READY, which can
+/// become true; a dependency or database that is away; an internal fault)
+/// is not stored, so a retry with the same request id runs again.
+pub const FINAL_REASONS: &[&str] = &[
+    "QUOTA_EXCEEDED",
+    "INVALID_STATE",
+    "NOT_WHITELISTED",
+    "DUPLICATE_APPLICATION",
+    "ALREADY_EXISTS",
+];
+
+/// Decided by reason code: see [`FINAL_REASONS`].
 fn storable(e: &ApiError) -> bool {
-    matches!(
-        e,
-        ApiError::QuotaExceeded { .. }
-            | ApiError::InvalidState(_)
-            | ApiError::NoAgreement(_)
-            | ApiError::NotWhitelisted(_)
-            | ApiError::DuplicateApplication(_)
-    )
+    FINAL_REASONS.contains(&e.reason())
 }
 
 fn stored_message(e: &ApiError) -> String {
@@ -288,48 +298,51 @@ where
     {
         return replay(tx, &scope, &request_id, &hash).await;
     }
-    match effect(&mut tx).await {
-        Ok(resp) => {
-            let entry =
-                crate::audit::Entry::for_call(caller.as_ref(), &scope, &request_id, "ALLOWED", "");
-            crate::audit::append(&mut tx, &entry).await?;
-            sqlx::query(
-                "UPDATE idempotency_keys SET outcome = 'ok', response = $1 WHERE scope = $2 AND request_id = $3",
-            )
-            .bind(hex::encode(resp.encode_to_vec()))
-            .bind(&scope)
-            .bind(&request_id)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(resp)
-        }
-        Err(e) => {
-            tx.rollback().await.ok();
-            if storable(&e) {
-                sqlx::query(
-                    "INSERT INTO idempotency_keys (scope, request_id, request_hash, outcome, response, created_at) \
-                     VALUES ($1, $2, $3, 'error', $4, $5) ON CONFLICT DO NOTHING",
-                )
-                .bind(&scope)
-                .bind(&request_id)
-                .bind(&hash)
-                .bind(format!("{}\n{}", e.reason(), stored_message(&e)))
-                .bind(now)
-                .execute(&db.pool)
+    // The effect runs under a savepoint: a final refusal rolls back to it
+    // and is stored in this same transaction, under the claim (and, on
+    // PostgreSQL, the key's advisory lock), so no other replica can see the
+    // key free or act on the request between the refusal and its record.
+    sqlx::query("SAVEPOINT colend_effect")
+        .execute(&mut *tx)
+        .await?;
+    let outcome = effect(&mut tx).await;
+    let (kind, response, audit) = match &outcome {
+        Ok(resp) => (
+            "ok",
+            hex::encode(resp.encode_to_vec()),
+            ("ALLOWED", String::new()),
+        ),
+        Err(e) if storable(e) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT colend_effect")
+                .execute(&mut *tx)
                 .await?;
-                let entry = crate::audit::Entry::for_call(
-                    caller.as_ref(),
-                    &scope,
-                    &request_id,
-                    "REFUSED",
-                    &format!("{}: {e}", e.reason()),
-                );
-                crate::audit::append_alone(&db, &entry).await?;
-            }
-            Err(e)
+            (
+                "error",
+                format!("{}\n{}", e.reason(), stored_message(e)),
+                ("REFUSED", format!("{}: {e}", e.reason())),
+            )
         }
-    }
+        Err(_) => {
+            // Transient or unexpected: nothing is kept, the key stays free
+            // and a retry with the same request id runs again.
+            tx.rollback().await.ok();
+            return outcome;
+        }
+    };
+    let entry =
+        crate::audit::Entry::for_call(caller.as_ref(), &scope, &request_id, audit.0, &audit.1);
+    crate::audit::append(&mut tx, &entry).await?;
+    sqlx::query(
+        "UPDATE idempotency_keys SET outcome = $1, response = $2 WHERE scope = $3 AND request_id = $4",
+    )
+    .bind(kind)
+    .bind(response)
+    .bind(&scope)
+    .bind(&request_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    outcome
 }
 
 /// What a claimed key holds until the call's outcome is stored.

@@ -209,12 +209,58 @@ fn money(minor: i64, currency: &str) -> Option<Money> {
     })
 }
 
-async fn load_loan(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<Option<LoanRow>> {
-    let row = sqlx::query(&format!("SELECT {LOAN_COLS} FROM loans WHERE loan_id = $1"))
-        .bind(loan_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(row.as_ref().map(loan_row))
+fn is_postgres(conn: &AnyConnection) -> bool {
+    conn.backend_name() != "SQLite"
+}
+
+/// Reads the loan and locks its row until the transaction ends: every path
+/// that moves a loan's money or status (disbursement, void, expiry, release,
+/// repayment) takes this lock first and then checks the status it expects,
+/// so two of them on one loan run one after the other and the second sees
+/// what the first did. PostgreSQL: `SELECT … FOR UPDATE`; SQLite has a
+/// single writer, which serialises them already.
+async fn lock_loan(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<LoanRow> {
+    let lock = if is_postgres(conn) { " FOR UPDATE" } else { "" };
+    let row = sqlx::query(&format!(
+        "SELECT {LOAN_COLS} FROM loans WHERE loan_id = $1{lock}"
+    ))
+    .bind(loan_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref()
+        .map(loan_row)
+        .ok_or_else(|| ApiError::NotFound("loan".into()))
+}
+
+/// Locks applications against each other until the transaction ends: the
+/// reservation batch and a release by application take these first, so an
+/// application closed to funding can never gain a loan afterwards, and a
+/// release never misses a reservation still being committed. Taken in one
+/// order (sorted) so two batches cannot deadlock. PostgreSQL: advisory
+/// transaction locks; SQLite has a single writer.
+async fn lock_applications(conn: &mut AnyConnection, apps: &[&str]) -> ApiResult<()> {
+    if !is_postgres(conn) || apps.is_empty() {
+        return Ok(());
+    }
+    let mut keys: Vec<String> = apps
+        .iter()
+        .map(|a| format!("colend.funding.application\n{a}"))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let rows: Vec<String> = (1..=keys.len()).map(|i| format!("(${i})")).collect();
+    // OFFSET 0 keeps the sort below the locking projection: locks in key order.
+    let sql = format!(
+        "SELECT CAST(COUNT(pg_advisory_xact_lock(hashtextextended(k, 0))) AS BIGINT) FROM \
+         (SELECT k FROM (VALUES {}) AS v(k) ORDER BY k OFFSET 0) AS sorted",
+        rows.join(", ")
+    );
+    let mut q = sqlx::query_as::<_, (i64,)>(&sql);
+    for k in keys {
+        q = q.bind(k);
+    }
+    q.fetch_one(&mut *conn).await?;
+    Ok(())
 }
 
 /// The loan's instalments with what was paid on each, and whether each one's
@@ -504,11 +550,15 @@ async fn post(
 }
 
 /// Voids a reserved loan and gives back everything it held: the partner's
-/// total and daily quota and the bank's C2/C3 exposure.
-async fn void_reserved(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<LoanRow> {
-    let mut l = load_loan(conn, loan_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("loan".into()))?;
+/// total and daily quota and the bank's C2/C3 exposure. Under the loan's
+/// lock: a loan already VOID is returned as it is with `false` (voiding is
+/// idempotent: a release after an expiry, or two releases, change nothing);
+/// a disbursed or settled loan is INVALID_STATE.
+async fn void_reserved(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<(LoanRow, bool)> {
+    let mut l = lock_loan(conn, loan_id).await?;
+    if l.status == "VOID" {
+        return Ok((l, false));
+    }
     if l.status != "RESERVED" {
         return Err(ApiError::InvalidState(format!(
             "loan is {}, only a reserved loan can be released",
@@ -521,9 +571,10 @@ async fn void_reserved(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<Loa
         .execute(&mut *conn)
         .await?;
     if voided.rows_affected() != 1 {
-        return Err(ApiError::InvalidState(
-            "the loan was voided concurrently".into(),
-        ));
+        // The row is locked: anything else is a fault, never a refusal to store.
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "loan {loan_id} changed under its lock"
+        )));
     }
     sqlx::query("UPDATE partner_usage SET used = used - $1 WHERE partner_id = $2")
         .bind(l.partner_amount)
@@ -540,7 +591,7 @@ async fn void_reserved(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<Loa
     .await?;
     release_bank_exposure(conn, &l.partner_id, l.bank_amount).await?;
     l.status = "VOID".into();
-    Ok(l)
+    Ok((l, true))
 }
 
 /// The bank's share of co-lent principal goes down (repaid or voided).
@@ -791,7 +842,11 @@ impl Funding {
                 Box::pin(async move {
                     let loan_id = if loan_id.is_empty() {
                         // The application is closed to funding from now on,
-                        // whether or not a reservation was made for it.
+                        // whether or not a reservation was made for it. Under
+                        // the application's lock, which a reservation batch
+                        // takes too: a reservation still being committed is
+                        // seen (and voided) here, or sees the closure.
+                        lock_applications(tx, &[application_id.as_str()]).await?;
                         sqlx::query(
                             "INSERT INTO closed_applications (application_id, reason, closed_at) \
                              VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -819,16 +874,18 @@ impl Funding {
                     } else {
                         loan_id
                     };
-                    let l = void_reserved(tx, &loan_id).await?;
-                    let event = loan_event(
-                        &l,
-                        format!("void:{loan_id}"),
-                        acq::ApplicationStatus::FundingRejected,
-                        format!("funding reservation released: {reason}"),
-                        &["RESERVATION_RELEASED"],
-                    );
-                    enqueue(tx, &event).await?;
-                    tracing::info!(loan_id = %loan_id, reason = %reason, "reservation released");
+                    let (l, voided) = void_reserved(tx, &loan_id).await?;
+                    if voided {
+                        let event = loan_event(
+                            &l,
+                            format!("void:{loan_id}"),
+                            acq::ApplicationStatus::FundingRejected,
+                            format!("funding reservation released: {reason}"),
+                            &["RESERVATION_RELEASED"],
+                        );
+                        enqueue(tx, &event).await?;
+                        tracing::info!(loan_id = %loan_id, reason = %reason, "reservation released");
+                    }
                     Ok(loan_pb(&l, &[], Vec::new()))
                 })
             },
@@ -852,7 +909,9 @@ impl Funding {
             let voided = tokio::spawn(async move {
                 let mut tx = db.pool.begin().await?;
                 match void_reserved(&mut tx, &loan_id).await {
-                    Ok(l) => {
+                    // Voided meanwhile (released): nothing to do.
+                    Ok((_, false)) => Ok(None),
+                    Ok((l, true)) => {
                         let event = loan_event(
                             &l,
                             format!("void:{loan_id}"),
@@ -1021,11 +1080,36 @@ impl Funding {
     ) -> ApiResult<pb::Loan> {
         let loan = idempotency::run(&self.db, "BookDisbursement".into(), request_id.clone(), hash, move |tx| {
             Box::pin(async move {
-                let mut l = load_loan(tx, &loan_id).await?.ok_or_else(|| ApiError::NotFound("loan".into()))?;
+                // Under the loan's lock: a release, an expiry or another
+                // disbursement of this loan runs before or after, never beside.
+                let mut l = lock_loan(tx, &loan_id).await?;
                 if l.status != "RESERVED" {
+                    if l.disbursement_ref == bank_ref && !bank_ref.is_empty() {
+                        // The same bank transaction again, under another request id.
+                        if l.disbursed_on != format_date(value_date) {
+                            return Err(ApiError::AlreadyExists(format!(
+                                "bank transaction {bank_ref} was booked as this loan's disbursement on {}",
+                                l.disbursed_on
+                            )));
+                        }
+                        let (sched, _) = load_schedule(tx, &loan_id).await?;
+                        let reps = load_repayments(tx, &loan_id).await?;
+                        return Ok(loan_pb(&l, &sched, reps));
+                    }
                     return Err(ApiError::InvalidState(format!(
                         "loan is {}, only a reserved loan can be disbursed",
                         l.status
+                    )));
+                }
+                let closed: Option<(String,)> =
+                    sqlx::query_as("SELECT reason FROM closed_applications WHERE application_id = $1")
+                        .bind(&l.application_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some((why,)) = closed {
+                    return Err(ApiError::InvalidState(format!(
+                        "application {} was closed to funding ({why})",
+                        l.application_id
                     )));
                 }
                 let sched = domain::schedule(
@@ -1113,7 +1197,29 @@ impl Funding {
     ) -> ApiResult<pb::BookRepaymentResponse> {
         let resp = idempotency::run(&self.db, "BookRepayment".into(), request_id, hash, move |tx| {
             Box::pin(async move {
-                let mut l = load_loan(tx, &loan_id).await?.ok_or_else(|| ApiError::NotFound("loan".into()))?;
+                // Under the loan's lock: concurrent repayments of one loan
+                // are booked one after the other, each on the totals the
+                // previous one left.
+                let mut l = lock_loan(tx, &loan_id).await?;
+                let booked: Option<(String,)> =
+                    sqlx::query_as("SELECT body FROM repayments WHERE loan_id = $1 AND bank_ref = $2")
+                        .bind(&loan_id)
+                        .bind(&bank_ref)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some((body,)) = booked {
+                    // The same bank transaction again, under another request id.
+                    let bytes = hex::decode(body).map_err(ApiError::internal)?;
+                    let rep = pb::Repayment::decode(bytes.as_slice()).map_err(ApiError::internal)?;
+                    if rep.amount.as_ref() != Some(&amount) || rep.value_date != format_date(value_date) {
+                        return Err(ApiError::AlreadyExists(format!(
+                            "bank transaction {bank_ref} was already booked on this loan with another amount or value date"
+                        )));
+                    }
+                    let (sched, _) = load_schedule(tx, &loan_id).await?;
+                    let all = load_repayments(tx, &loan_id).await?;
+                    return Ok(pb::BookRepaymentResponse { repayment: Some(rep), loan: Some(loan_pb(&l, &sched, all)) });
+                }
                 if l.status != "DISBURSED" {
                     return Err(ApiError::InvalidState(format!(
                         "loan is {}, repayments need a disbursed loan",

@@ -6,8 +6,10 @@
 //! serialises them on those rows, one fsync each. So reservations that
 //! arrive together are decided together:
 //! - one worker takes what is queued, up to `COLEND_FUNDING_RESERVE_BATCH`;
-//! - it locks the usage rows once (always in one order: partner total,
-//!   partner daily, the bank's exposure to the partner, to all);
+//! - it locks the batch's applications (against a release by application,
+//!   which takes the same locks), then the usage rows once (always in one
+//!   order: partner total, partner daily, the bank's exposure to the
+//!   partner, to all);
 //! - it decides each reservation in arrival order against running totals in
 //!   memory, with the same checks and refusals as one at a time;
 //! - it writes the loans, the new totals (compare-and-set against what it
@@ -318,6 +320,10 @@ async fn decide_and_write(
     rs: Vec<Reservation>,
 ) -> ApiResult<Vec<ApiResult<pb::Loan>>> {
     let day = format_date(today());
+    // The applications first (a release by application takes the same
+    // locks), then the usage rows.
+    let apps: Vec<&str> = rs.iter().map(|q| q.r.application_id.as_str()).collect();
+    lock_applications(tx, &apps).await?;
     let mut partners: Vec<&str> = rs.iter().map(|q| q.r.partner_id.as_str()).collect();
     partners.sort_unstable();
     partners.dedup();
@@ -440,7 +446,7 @@ fn decide(
     }
     // Rules C2 and C3, on the bank's share, against the reference data.
     let (tier1, total_loans) = facts.reference.ok_or_else(|| {
-        ApiError::InvalidState(
+        ApiError::NotReady(
             "the bank's reference data (net tier-1 capital, total loans) is not set".into(),
         )
     })?;

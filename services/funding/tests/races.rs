@@ -1,0 +1,515 @@
+//! Money paths raced by two funding replicas on one database: two servers
+//! in this process, each with its own pool, on real sockets. On PostgreSQL
+//! (READ COMMITTED, pools of 16) this is where a read-modify-write of a
+//! loan loses money; on SQLite the single writer serialises, and the same
+//! races must end the same way.
+//!
+//! Each race counts what went wrong over many loans and asserts at the end,
+//! so a failure says how often it happened.
+use colend_contracts::common::v1::{Money, RepaymentMethod};
+use colend_contracts::funding::v1::{self as pb, funding_service_client::FundingServiceClient};
+use colend_testkit::{BOTH, Backend, TempDir, TestServer, as_bank, as_service, reason};
+use tonic::transport::Channel;
+
+const LOANS: usize = 40;
+
+fn cny(m: i64) -> Option<Money> {
+    Some(Money {
+        minor_units: m,
+        currency_code: "CNY".into(),
+    })
+}
+
+fn m(x: &Option<Money>) -> i64 {
+    x.as_ref().map(|m| m.minor_units).unwrap_or(0)
+}
+
+type Client = FundingServiceClient<Channel>;
+
+/// Two replicas on one PostgreSQL database; embedded storage is one
+/// process's (a single SQLite writer), so there both clients call the one
+/// server.
+async fn replicas(backend: Backend) -> (TestServer, Option<TestServer>) {
+    let dir = TempDir::new();
+    let b = colend_testkit::backends(backend, &dir).await;
+    let start = |b, dir| {
+        TestServer::start_with(b, dir, |mesh| async move {
+            Ok(vec![colend_funding::register(mesh).await?])
+        })
+    };
+    let first = start(b.clone(), dir).await;
+    let second = match backend {
+        Backend::Production => Some(start(b, TempDir::new()).await),
+        Backend::Embedded => None,
+    };
+    (first, second)
+}
+
+async fn set_up(c: &mut Client, partner: &str) {
+    c.set_bank_reference(as_bank(pb::SetBankReferenceRequest {
+        request_id: format!("ref-{partner}"),
+        reference: Some(pb::BankReference {
+            net_tier1_capital: cny(1_000_000_000_000),
+            total_loan_balance: cny(10_000_000_000_000),
+            as_of: "2026-09-30".into(),
+        }),
+    }))
+    .await
+    .unwrap();
+    c.upsert_agreement(as_bank(pb::UpsertAgreementRequest {
+        request_id: format!("agr-{partner}"),
+        agreement: Some(pb::Agreement {
+            partner_id: partner.into(),
+            partner_share_bps: 3_000,
+            bank_rate_bps: 900,
+            partner_rate_bps: 1_100,
+            daily_quota: cny(100_000_000_000),
+            total_quota: cny(100_000_000_000),
+            effective_from: "2026-01-01".into(),
+            fee_partner_share_bps: 4_000,
+            ..Default::default()
+        }),
+    }))
+    .await
+    .unwrap();
+    c.whitelist_institution(as_bank(pb::WhitelistInstitutionRequest {
+        request_id: format!("wl-{partner}"),
+        entry: Some(pb::WhitelistEntry {
+            institution_id: partner.into(),
+            kind: pb::InstitutionKind::Partner as i32,
+            effective_from: "2026-01-01".into(),
+            effective_to: String::new(),
+        }),
+    }))
+    .await
+    .unwrap();
+}
+
+fn reservation(partner: &str, app: &str) -> pb::ReserveFundingRequest {
+    pb::ReserveFundingRequest {
+        request_id: format!("reserve-{app}"),
+        application_id: app.into(),
+        partner_id: partner.into(),
+        principal: cny(10_000_000),
+        term_months: 6,
+        annual_rate_bps: 1_200,
+        repayment_method: RepaymentMethod::EqualInstalment as i32,
+        borrower_key: format!("borrower-{app}"),
+        annual_fee_bps: 100,
+    }
+}
+
+async fn reserve(c: &mut Client, partner: &str, app: &str) -> pb::Loan {
+    c.reserve_funding(as_service(partner, reservation(partner, app)))
+        .await
+        .unwrap()
+        .into_inner()
+        .loan
+        .unwrap()
+}
+
+fn disbursement(loan_id: &str, rid: &str, bank_ref: &str) -> pb::BookDisbursementRequest {
+    pb::BookDisbursementRequest {
+        request_id: rid.into(),
+        loan_id: loan_id.into(),
+        value_date: colend_platform::time::format_date(colend_platform::time::today()),
+        bank_transaction_ref: bank_ref.into(),
+    }
+}
+
+fn repayment(loan_id: &str, rid: &str, bank_ref: &str, amount: i64) -> pb::BookRepaymentRequest {
+    pb::BookRepaymentRequest {
+        request_id: rid.into(),
+        loan_id: loan_id.into(),
+        amount: cny(amount),
+        value_date: colend_platform::time::format_date(colend_platform::time::today()),
+        bank_transaction_ref: bank_ref.into(),
+    }
+}
+
+async fn get_loan(c: &mut Client, partner: &str, loan_id: &str) -> pb::Loan {
+    c.get_loan(colend_testkit::as_partner(
+        partner,
+        pb::GetLoanRequest {
+            loan_id: loan_id.into(),
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .loan
+    .unwrap()
+}
+
+/// The partner's total usage and the bank's exposure to it, as funding reports them.
+async fn usage(c: &mut Client, partner: &str) -> (i64, i64) {
+    let r = c
+        .get_bank_reference(as_bank(pb::GetBankReferenceRequest {
+            partner_id: partner.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    (m(&r.co_lent_total), m(&r.partner_co_lent))
+}
+
+fn principal_allocated(r: &pb::Repayment) -> i64 {
+    r.allocations
+        .iter()
+        .filter(|a| a.component == pb::Component::Principal as i32)
+        .map(|a| m(&a.amount))
+        .sum()
+}
+
+/// Disbursement on one replica against release on the other, on freshly
+/// reserved loans: exactly one takes effect, and the bank's exposure is what
+/// the live loans hold.
+async fn disbursement_against_release(a: &mut Client, b: &mut Client) -> Vec<String> {
+    let partner = "race-dr";
+    set_up(a, partner).await;
+    let mut problems = Vec::new();
+    let mut live_bank = 0;
+    for i in 0..LOANS {
+        let loan = reserve(a, partner, &format!("dr-{i}")).await;
+        let (mut x, mut y) = (a.clone(), b.clone());
+        let id = loan.loan_id.clone();
+        let disburse = async move {
+            x.book_disbursement(as_bank(disbursement(
+                &id,
+                &format!("{partner}-d-{i}"),
+                &format!("{partner}-bank-d-{i}"),
+            )))
+            .await
+        };
+        let id = loan.loan_id.clone();
+        let release = async move {
+            y.release_funding(as_service(
+                partner,
+                pb::ReleaseFundingRequest {
+                    request_id: format!("{partner}-rel-{i}"),
+                    // Even loans by loan id (an operator), odd ones by
+                    // application (a journey's compensation).
+                    loan_id: if i % 2 == 0 { id } else { String::new() },
+                    application_id: if i % 2 == 0 {
+                        String::new()
+                    } else {
+                        format!("dr-{i}")
+                    },
+                    reason: "race".into(),
+                },
+            ))
+            .await
+        };
+        let (d, r) = tokio::join!(disburse, release);
+        let after = get_loan(a, partner, &loan.loan_id).await;
+        let disbursed = after.status == pb::LoanStatus::Disbursed as i32;
+        if d.is_ok() == r.is_ok() {
+            problems.push(format!(
+                "loan {i}: disbursement ok={} and release ok={} (final status {})",
+                d.is_ok(),
+                r.is_ok(),
+                after.status
+            ));
+        }
+        if d.is_ok() != disbursed {
+            problems.push(format!(
+                "loan {i}: disbursement ok={} but final status {}",
+                d.is_ok(),
+                after.status
+            ));
+        }
+        for e in [d.err(), r.err()].into_iter().flatten() {
+            if reason(&e) != "INVALID_STATE" {
+                problems.push(format!(
+                    "loan {i}: the loser got {} ({})",
+                    reason(&e),
+                    e.message()
+                ));
+            }
+        }
+        if disbursed {
+            live_bank += m(&loan.bank_amount);
+        }
+    }
+    let (all, partner_exposure) = usage(a, partner).await;
+    if partner_exposure != live_bank {
+        problems.push(format!(
+            "bank exposure to the partner {partner_exposure} != bank share of live loans {live_bank} (all: {all})"
+        ));
+    }
+    problems
+}
+
+/// Concurrent repayments of one loan under different request ids, half of
+/// them on each replica: each one accepted reduces principal outstanding by
+/// exactly its principal allocation.
+async fn concurrent_repayments(a: &mut Client, b: &mut Client) -> Vec<String> {
+    let partner = "race-rp";
+    set_up(a, partner).await;
+    let mut problems = Vec::new();
+    for i in 0..LOANS {
+        let loan = reserve(a, partner, &format!("rp-{i}")).await;
+        a.book_disbursement(as_bank(disbursement(
+            &loan.loan_id,
+            &format!("{partner}-d-{i}"),
+            &format!("{partner}-bank-d-{i}"),
+        )))
+        .await
+        .unwrap();
+        let calls = (0..3).map(|k| {
+            let mut c = if k % 2 == 0 { a.clone() } else { b.clone() };
+            let req = repayment(
+                &loan.loan_id,
+                &format!("{partner}-p-{i}-{k}"),
+                &format!("{partner}-bank-p-{i}-{k}"),
+                1_000_000 + k as i64,
+            );
+            async move { c.book_repayment(as_bank(req)).await }
+        });
+        let results = futures::future::join_all(calls).await;
+        let accepted: Vec<pb::Repayment> = results
+            .into_iter()
+            .filter_map(|r| match r {
+                Ok(r) => r.into_inner().repayment,
+                Err(e) => {
+                    problems.push(format!(
+                        "loan {i}: a repayment was refused: {} {}",
+                        reason(&e),
+                        e.message()
+                    ));
+                    None
+                }
+            })
+            .collect();
+        let after = get_loan(a, partner, &loan.loan_id).await;
+        let allocated: i64 = accepted.iter().map(principal_allocated).sum();
+        let outstanding = m(&after.bank_outstanding) + m(&after.partner_outstanding);
+        if outstanding != m(&loan.principal) - allocated {
+            problems.push(format!(
+                "loan {i}: principal outstanding {outstanding} != {} - {allocated} allocated over {} repayments",
+                m(&loan.principal),
+                accepted.len()
+            ));
+        }
+        if after.repayments.len() != accepted.len() {
+            problems.push(format!(
+                "loan {i}: {} repayments listed, {} accepted",
+                after.repayments.len(),
+                accepted.len()
+            ));
+        }
+        let paid_principal: i64 = after
+            .balances
+            .iter()
+            .map(|f| m(&f.principal_outstanding))
+            .sum();
+        if paid_principal != outstanding {
+            problems.push(format!(
+                "loan {i}: funder balances {paid_principal} != outstanding {outstanding}"
+            ));
+        }
+    }
+    problems
+}
+
+/// The same bank transaction under two request ids at once: it is booked
+/// once; the other call gets the booked repayment back (same content) or
+/// ALREADY_EXISTS (other content).
+async fn same_bank_reference(a: &mut Client, b: &mut Client) -> Vec<String> {
+    let partner = "race-br";
+    set_up(a, partner).await;
+    let mut problems = Vec::new();
+    for i in 0..LOANS {
+        let loan = reserve(a, partner, &format!("br-{i}")).await;
+        a.book_disbursement(as_bank(disbursement(
+            &loan.loan_id,
+            &format!("{partner}-d-{i}"),
+            &format!("{partner}-bank-d-{i}"),
+        )))
+        .await
+        .unwrap();
+        // Even loans: the same content twice; odd loans: another amount.
+        let other = if i % 2 == 0 { 2_000_000 } else { 2_000_001 };
+        let (mut x, mut y) = (a.clone(), b.clone());
+        let first = repayment(
+            &loan.loan_id,
+            &format!("{partner}-q-{i}-a"),
+            &format!("{partner}-bank-q-{i}"),
+            2_000_000,
+        );
+        let second = repayment(
+            &loan.loan_id,
+            &format!("{partner}-q-{i}-b"),
+            &format!("{partner}-bank-q-{i}"),
+            other,
+        );
+        let (r1, r2) = tokio::join!(
+            async move { x.book_repayment(as_bank(first)).await },
+            async move { y.book_repayment(as_bank(second)).await }
+        );
+        let after = get_loan(a, partner, &loan.loan_id).await;
+        if after.repayments.len() != 1 {
+            problems.push(format!(
+                "loan {i}: {} repayments booked for one bank transaction",
+                after.repayments.len()
+            ));
+        }
+        match (r1, r2, i % 2 == 0) {
+            (Ok(x), Ok(y), true) => {
+                let (x, y) = (
+                    x.into_inner().repayment.unwrap(),
+                    y.into_inner().repayment.unwrap(),
+                );
+                if x.repayment_id != y.repayment_id {
+                    problems.push(format!(
+                        "loan {i}: two repayments {} and {}",
+                        x.repayment_id, y.repayment_id
+                    ));
+                }
+            }
+            (Ok(_), Err(e), false) | (Err(e), Ok(_), false) if reason(&e) == "ALREADY_EXISTS" => {}
+            (r1, r2, same) => problems.push(format!(
+                "loan {i} (same content: {same}): first {:?}, second {:?}",
+                r1.map(|_| "ok").map_err(|e| reason(&e)),
+                r2.map(|_| "ok").map_err(|e| reason(&e))
+            )),
+        }
+    }
+    problems
+}
+
+/// A release by application (compensation) against a reservation of the
+/// same application, on the two replicas at once: the application never
+/// ends closed with a live reservation.
+async fn release_against_reservation(a: &mut Client, b: &mut Client) -> Vec<String> {
+    let partner = "race-cr";
+    set_up(a, partner).await;
+    let mut problems = Vec::new();
+    let mut reserved_live = 0;
+    for i in 0..LOANS {
+        let app = format!("cr-{i}");
+        let (mut x, mut y) = (a.clone(), b.clone());
+        let req = reservation(partner, &app);
+        let app2 = app.clone();
+        let (r, rel) = tokio::join!(
+            async move { x.reserve_funding(as_service(partner, req)).await },
+            async move {
+                y.release_funding(as_service(
+                    partner,
+                    pb::ReleaseFundingRequest {
+                        request_id: format!("comp-{app2}"),
+                        loan_id: String::new(),
+                        application_id: app2,
+                        reason: "abandoned".into(),
+                    },
+                ))
+                .await
+            }
+        );
+        let rel = match rel {
+            Ok(r) => r.into_inner().loan.unwrap_or_default(),
+            Err(e) => {
+                problems.push(format!(
+                    "app {i}: release refused: {} {}",
+                    reason(&e),
+                    e.message()
+                ));
+                continue;
+            }
+        };
+        match r {
+            Ok(loan) => {
+                let loan = loan.into_inner().loan.unwrap();
+                let now = get_loan(a, partner, &loan.loan_id).await;
+                if now.status != pb::LoanStatus::Void as i32 {
+                    reserved_live += 1;
+                    problems.push(format!(
+                        "app {i}: closed to funding, but its loan {} is {} (release saw {:?})",
+                        loan.loan_id, now.status, rel.loan_id
+                    ));
+                }
+            }
+            Err(e) if reason(&e) == "INVALID_STATE" => {
+                if !rel.loan_id.is_empty() {
+                    problems.push(format!(
+                        "app {i}: release voided {} but the reservation was refused",
+                        rel.loan_id
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!(
+                "app {i}: reservation got {} {}",
+                reason(&e),
+                e.message()
+            )),
+        }
+    }
+    let (_, exposure) = usage(a, partner).await;
+    if exposure != 0 {
+        problems.push(format!(
+            "bank exposure {exposure} left by {reserved_live} closed applications"
+        ));
+    }
+    problems
+}
+
+async fn races(backend: Backend) -> Vec<String> {
+    let (first, second) = replicas(backend).await;
+    let mut a = FundingServiceClient::new(first.channel.clone());
+    let mut b = FundingServiceClient::new(
+        second
+            .as_ref()
+            .map_or(first.channel.clone(), |s| s.channel.clone()),
+    );
+    let mut report = Vec::new();
+    for (name, problems) in [
+        (
+            "disbursement against release",
+            disbursement_against_release(&mut a, &mut b).await,
+        ),
+        (
+            "concurrent repayments",
+            concurrent_repayments(&mut a, &mut b).await,
+        ),
+        (
+            "one bank reference, two request ids",
+            same_bank_reference(&mut a, &mut b).await,
+        ),
+        (
+            "release against a queued reservation",
+            release_against_reservation(&mut a, &mut b).await,
+        ),
+    ] {
+        println!(
+            "{backend:?} {name}: {} problems over {LOANS} loans",
+            problems.len()
+        );
+        for p in problems.iter().take(5) {
+            println!("  {p}");
+        }
+        if !problems.is_empty() {
+            report.push(format!(
+                "{name}: {} problems, first: {}",
+                problems.len(),
+                problems[0]
+            ));
+        }
+    }
+    if let Some(second) = second {
+        second.stop().await;
+    }
+    first.stop().await;
+    report
+        .into_iter()
+        .map(|r| format!("{backend:?}: {r}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn money_paths_raced_by_two_replicas() {
+    let mut report = Vec::new();
+    for backend in BOTH {
+        report.extend(races(backend).await);
+    }
+    assert!(report.is_empty(), "{report:#?}");
+}
