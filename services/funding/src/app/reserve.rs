@@ -33,6 +33,7 @@ pub(super) struct Reservation {
     pub agreement: pb::Agreement,
     pub split: Split,
     pub currency: String,
+    pub method: Method,
 }
 
 struct Waiting {
@@ -484,7 +485,7 @@ fn loan_row_of(q: &Reservation, day: &str, expires_at: i64) -> LoanRow {
         loan_id: format!("loan_{}", uuid::Uuid::now_v7().simple()),
         application_id: r.application_id.clone(),
         partner_id: r.partner_id.clone(),
-        status: "RESERVED".into(),
+        status: LoanStatus::Reserved,
         currency: q.currency.clone(),
         principal: r.principal.as_ref().map(|m| m.minor_units).unwrap_or(0),
         bank_amount: q.split.bank,
@@ -498,7 +499,7 @@ fn loan_row_of(q: &Reservation, day: &str, expires_at: i64) -> LoanRow {
         },
         annual_rate_bps: r.annual_rate_bps as i64,
         term_months: r.term_months as i64,
-        method: r.repayment_method as i64,
+        method: q.method,
         reserved_on: day.to_string(),
         disbursed_on: String::new(),
         disbursement_ref: String::new(),
@@ -548,7 +549,7 @@ async fn insert_loans(tx: &mut AnyConnection, rows: &[LoanRow], now: i64) -> Api
                 .bind(row.loan_id.clone())
                 .bind(row.application_id.clone())
                 .bind(row.partner_id.clone())
-                .bind(row.status.clone())
+                .bind(row.status.name())
                 .bind(row.currency.clone())
                 .bind(row.principal)
                 .bind(row.bank_amount)
@@ -559,7 +560,7 @@ async fn insert_loans(tx: &mut AnyConnection, rows: &[LoanRow], now: i64) -> Api
                 .bind(row.terms.partner_rate_bps)
                 .bind(row.annual_rate_bps)
                 .bind(row.term_months)
-                .bind(row.method)
+                .bind(method_pb(row.method) as i64)
                 .bind(row.reserved_on.clone())
                 .bind(row.disbursed_on.clone())
                 .bind(row.disbursement_ref.clone())
@@ -600,6 +601,7 @@ mod tests {
             },
             split: domain::split(principal, 3_000),
             currency: "CNY".into(),
+            method: Method::EqualInstalment,
         }
     }
 

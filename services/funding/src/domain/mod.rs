@@ -10,6 +10,53 @@ pub enum Method {
     InterestFirst,
 }
 
+/// Where a loan stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoanStatus {
+    /// Funds reserved against the quotas and limits; not yet disbursed.
+    Reserved,
+    /// Disbursed by the bank; being repaid.
+    Disbursed,
+    /// Released or expired before disbursement: holds nothing.
+    Void,
+    /// Repaid in full.
+    Settled,
+}
+
+impl LoanStatus {
+    pub fn name(&self) -> &'static str {
+        match self {
+            LoanStatus::Reserved => "RESERVED",
+            LoanStatus::Disbursed => "DISBURSED",
+            LoanStatus::Void => "VOID",
+            LoanStatus::Settled => "SETTLED",
+        }
+    }
+
+    /// The stored name; anything else is `None`.
+    pub fn parse(s: &str) -> Option<LoanStatus> {
+        [
+            LoanStatus::Reserved,
+            LoanStatus::Disbursed,
+            LoanStatus::Void,
+            LoanStatus::Settled,
+        ]
+        .into_iter()
+        .find(|st| st.name() == s)
+    }
+
+    /// Disbursed (or since repaid): principal is or was owed.
+    pub fn was_disbursed(&self) -> bool {
+        matches!(self, LoanStatus::Disbursed | LoanStatus::Settled)
+    }
+}
+
+impl std::fmt::Display for LoanStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A co-lending agreement's terms, frozen on each loan (rule P2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Terms {
@@ -157,5 +204,19 @@ mod tests {
         assert!(within(0, 100_000_000, c3));
         assert!(!within(0, 100_000_001, c3));
         assert!(!within(i64::MAX, 1, i64::MAX));
+    }
+
+    #[test]
+    fn loan_status_names_round_trip_and_nothing_else_parses() {
+        for st in [
+            LoanStatus::Reserved,
+            LoanStatus::Disbursed,
+            LoanStatus::Void,
+            LoanStatus::Settled,
+        ] {
+            assert_eq!(LoanStatus::parse(st.name()), Some(st));
+        }
+        assert_eq!(LoanStatus::parse("reserved"), None);
+        assert_eq!(LoanStatus::parse(""), None);
     }
 }
