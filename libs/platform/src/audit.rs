@@ -8,7 +8,8 @@
 //! Each row's hash covers the previous row's hash and its own fields, so
 //! changing, removing or inserting a row breaks the chain from there on;
 //! [`verify`] (`colend audit verify <service>`) reports the first row that
-//! does not hold.
+//! does not hold. The tables (`audit_log`, `audit_head`) are the platform's
+//! (`libs/platform/migrations/0002_audit_idempotency.sql`).
 use crate::auth::Claims;
 use crate::db::Db;
 use crate::error::ApiResult;
@@ -226,11 +227,18 @@ pub enum Verdict {
 
 /// Walks the chain from the first row.
 pub async fn verify(db: &Db) -> ApiResult<Verdict> {
+    let mut conn = db.pool.acquire().await?;
+    verify_on(&mut conn).await
+}
+
+/// [`verify`] on one connection: inside a read transaction, the rows and
+/// the head are read in one snapshot even while calls append.
+pub async fn verify_on(conn: &mut AnyConnection) -> ApiResult<Verdict> {
     let rows = sqlx::query(
         "SELECT seq, at, caller_class, caller_subject, partner_id, action, resource, request_id, outcome, reason, \
          trace_id, prev_hash, hash FROM audit_log ORDER BY seq",
     )
-    .fetch_all(&db.pool)
+    .fetch_all(&mut *conn)
     .await?;
     let mut prev = String::new();
     let mut expected_seq = 1i64;
@@ -272,7 +280,7 @@ pub async fn verify(db: &Db) -> ApiResult<Verdict> {
     }
     let head: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_optional(&db.pool)
+            .fetch_optional(&mut *conn)
             .await?;
     if let Some((seq, hash)) = head
         && (seq != expected_seq - 1 || hash != prev)
