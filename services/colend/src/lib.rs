@@ -3,6 +3,7 @@ pub mod bench;
 pub mod borrowers;
 pub mod demo;
 pub mod invariants;
+pub mod outbox;
 pub mod recon;
 
 use colend_platform::config::Backends;
@@ -88,6 +89,30 @@ pub async fn audit_verify(name: &str, backends: &Backends) -> anyhow::Result<Vec
     let mut report = Vec::new();
     let mut broken = false;
     for n in selected(name)? {
+        // Verifying reads an existing chain: storage that is not there is
+        // refused, never created empty by connecting to it.
+        match &backends.database_url {
+            None => {
+                let file = backends.data_dir.join(format!("{n}.db"));
+                anyhow::ensure!(
+                    file.is_file(),
+                    "{n}: no storage at {} (is --data-dir the mesh's data directory?)",
+                    file.display()
+                );
+            }
+            Some(url) => {
+                use sqlx::Connection;
+                sqlx::any::install_default_drivers();
+                let mut conn = sqlx::AnyConnection::connect(url).await?;
+                let found: Option<(String,)> =
+                    sqlx::query_as("SELECT nspname FROM pg_namespace WHERE nspname = $1")
+                        .bind(n)
+                        .fetch_optional(&mut conn)
+                        .await?;
+                conn.close().await.ok();
+                anyhow::ensure!(found.is_some(), "{n}: the database has no {n} schema");
+            }
+        }
         let db = match n {
             "acquisition" => colend_acquisition::connect(backends).await?,
             "kyc" => colend_kyc::connect(backends).await?,

@@ -58,6 +58,11 @@ async fn audit_chain_detects_tampering() {
     let dir = s.backends.data_dir.clone();
     let (ok, out) = verify(&dir, "all");
     assert!(ok, "{out}");
+    // A directory that is not the mesh's is refused, and stays empty.
+    let empty = colend_testkit::TempDir::new();
+    let (refused_ok, refused) = verify(&empty.0, "all");
+    assert!(!refused_ok && refused.contains("no storage"), "{refused}");
+    assert_eq!(std::fs::read_dir(&empty.0).unwrap().count(), 0);
     for svc in colend::SERVICES {
         assert!(out.contains(&format!("{svc}: audit chain intact")), "{out}");
     }
