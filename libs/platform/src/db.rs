@@ -58,11 +58,17 @@ impl Db {
         Ok(())
     }
 
+    /// The platform's tables ([`crate::schema`]) and the service's own.
     async fn run_migrations(&self, service: &str, migrator: &Migrator) -> anyhow::Result<()> {
-        migrator
-            .run(&self.pool)
+        let mut conn = self.pool.acquire().await?;
+        let result = crate::schema::migrate(&mut conn, self.backend, &self.schema, migrator)
             .await
-            .with_context(|| format!("running {service} migrations"))
+            .with_context(|| format!("running {service} migrations"));
+        if result.is_err() {
+            // Never back to the pool holding a lock or a broken transaction.
+            conn.close_on_drop();
+        }
+        result
     }
 
     async fn open(backends: &Backends, service: &str) -> anyhow::Result<Db> {

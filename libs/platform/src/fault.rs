@@ -14,8 +14,10 @@
 //! | `funding.reserve.after_commit` | a reservation committed, before the reply |
 //! | `funding.outbox.after_insert` | a loan event committed to the outbox, before the relay |
 //!
-//! `COLEND_PAUSE_AT=point:millis` makes a pause point wait (see [`pause_point`]);
-//! `acquisition.journey.before_funding` is one, before the funding step.
+//! `COLEND_PAUSE_AT=point:millis` makes a pause point wait (see [`pause_point`]):
+//! `acquisition.journey.before_funding`, before the funding step, and
+//! `acquisition.journey.before_commit`, before a step's transition (a journey
+//! owner stalled there holds its lease without renewing it).
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::OnceLock;

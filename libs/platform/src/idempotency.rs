@@ -10,8 +10,11 @@
 //! same answer; transient failures and missing set-up are not, so a retry
 //! can succeed.
 //!
-//! Every service's schema has the table:
-//! `idempotency_keys(scope, request_id, request_hash, outcome, response, created_at)`.
+//! Every service's schema has the table
+//! `idempotency_keys(scope, request_id, request_hash, outcome, response, created_at)`,
+//! indexed by `created_at` for the retention purge; its DDL is the
+//! platform's (`libs/platform/migrations/0002_audit_idempotency.sql`, applied
+//! by [`crate::schema`]).
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
 use futures::future::BoxFuture;
@@ -594,17 +597,6 @@ impl Drop for InFlight {
             .remove(&self.0);
     }
 }
-
-/// The portable DDL of the idempotency table, for each service's first migration.
-pub const TABLE_DDL: &str = "CREATE TABLE idempotency_keys (
-    scope TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    request_hash TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    response TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    PRIMARY KEY (scope, request_id)
-)";
 
 /// Deletes keys older than the retention (`COLEND_IDEMPOTENCY_RETENTION_HOURS`,
 /// default 24) every hour in the background. A request id older than that

@@ -3,8 +3,9 @@
 //! Configuration from the environment, telemetry, the gRPC server stack
 //! (health, reflection, bounded graceful shutdown), outbound clients with
 //! deadlines, the error model (`google.rpc.ErrorInfo` on every status),
-//! storage on PostgreSQL or SQLite, a cache on Redis or in process, and
-//! idempotency by client request id.
+//! storage on PostgreSQL or SQLite, a cache on Redis or in process,
+//! idempotency by client request id, the outbox, and the tables all of these
+//! share, defined once ([`schema`]).
 pub mod audit;
 pub mod auth;
 pub mod cache;
@@ -19,9 +20,11 @@ pub mod idempotency;
 pub mod lifecycle;
 pub mod mesh;
 pub mod metrics;
+pub mod outbox;
 pub mod paging;
 pub mod rpc_trace;
 pub mod runner;
+pub mod schema;
 pub mod sealing;
 pub mod telemetry;
 pub mod time;

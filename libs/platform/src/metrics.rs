@@ -7,7 +7,10 @@
 //! - `colend_applications_total` (`status`): applications reaching each status
 //! - `colend_reservations_total` (`result`): funding reservations, `reserved` or the limit hit
 //! - `colend_funded_minor_total` (`funder`, `currency`): principal disbursed per funder
-//! - `colend_outbox_pending`: loan events not yet relayed (outbox lag)
+//! - `colend_outbox_pending`, `colend_outbox_lag_seconds`, `colend_outbox_dead_letters` (gauges;
+//!   `outbox`: the service): events not yet delivered, the oldest one's wait, dead letters now;
+//!   `colend_outbox_delivered_total`, `colend_outbox_failures_total`,
+//!   `colend_outbox_dead_lettered_total` (see [`crate::outbox`])
 //! - `colend_recon_items_total` (`class`): reconciled transactions by class
 //! - `colend_journeys_parked_total`: journeys parked on a technical failure (status PARKED)
 //! - `colend_journeys_parked` (gauge): journeys parked now, waiting for an operator

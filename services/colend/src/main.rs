@@ -1,4 +1,4 @@
-//! `colend up | serve | demo | recon | health | migrate`.
+//! `colend up | serve | demo | recon | health | migrate | check | outbox | …`.
 use clap::{Parser, Subcommand};
 use colend_platform::config::Backends;
 use std::path::PathBuf;
@@ -77,11 +77,17 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// A service's outbox: lists pending events and dead letters, retries
+    /// or drops a dead letter (recorded in the service's audit log).
+    Outbox(colend::outbox::OutboxArgs),
     /// Checks the money and journey invariants against the services'
-    /// storage (DATABASE_URL, or the SQLite files in --data-dir): every
-    /// journey ended or parked with a reason, splits sum to the principal,
-    /// every repayment cent allocated once, ledger balanced, no quota
-    /// overbooked, one effect per idempotency key. Exits non-zero on a violation.
+    /// storage (DATABASE_URL, or the SQLite files in --data-dir), reading
+    /// only: every journey ended or parked with a reason, splits sum to the
+    /// principal, every repayment cent allocated once, ledger balanced,
+    /// total and daily quota and C2/C3 exposure equal to what live loans
+    /// hold, no parked journey holding a reservation, one effect per
+    /// idempotency key. Exits non-zero on a violation, and refuses storage
+    /// without the services' tables.
     Check {
         #[arg(long, env = "COLEND_DATA_DIR", default_value = "./colend-data")]
         data_dir: PathBuf,
@@ -245,6 +251,12 @@ async fn main() -> anyhow::Result<()> {
                 "{} invariant(s) violated",
                 report.violations().len()
             );
+            Ok(())
+        }
+        Command::Outbox(args) => {
+            for line in colend::outbox::run(args.command).await? {
+                println!("{line}");
+            }
             Ok(())
         }
         Command::Migrate { service, data_dir } => {
