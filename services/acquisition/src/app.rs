@@ -31,17 +31,22 @@ fn decode_hex<M: Message + Default>(s: &str) -> Option<M> {
         .and_then(|b| M::decode(b.as_slice()).ok())
 }
 
-fn status_pb(s: &str) -> i32 {
-    pb::ApplicationStatus::from_str_name(&format!("APPLICATION_STATUS_{s}"))
-        .unwrap_or(pb::ApplicationStatus::Unspecified) as i32
+/// A stored status on the wire; a name that is not a status is an error.
+fn status_pb(s: &str) -> ApiResult<i32> {
+    Status::parse(s)
+        .and_then(|s| {
+            pb::ApplicationStatus::from_str_name(&format!("APPLICATION_STATUS_{}", s.name()))
+        })
+        .map(|s| s as i32)
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad stored status {s:?}")))
 }
 
-fn application_of(r: &AnyRow) -> pb::Application {
+fn application_of(r: &AnyRow) -> ApiResult<pb::Application> {
     let currency: String = r.get(7);
-    pb::Application {
+    Ok(pb::Application {
         application_id: r.get(0),
         partner_id: r.get(1),
-        status: status_pb(&r.get::<String, _>(2)),
+        status: status_pb(&r.get::<String, _>(2))?,
         reason_codes: split_codes(&r.get::<String, _>(3)),
         business_name: r.get(4),
         credit_code: r.get(5),
@@ -59,7 +64,7 @@ fn application_of(r: &AnyRow) -> pb::Application {
         history: Vec::new(),
         created_at: Some(timestamp(r.get(15))),
         updated_at: Some(timestamp(r.get(16))),
-    }
+    })
 }
 
 /// Loads an application with its history; `partner_id` scopes the read.
@@ -77,7 +82,7 @@ pub async fn load(
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let mut app = application_of(&row);
+    let mut app = application_of(&row)?;
     let events = sqlx::query(
         "SELECT status, occurred_at, detail, reason_codes FROM application_events WHERE application_id = $1 ORDER BY event_id",
     )
@@ -86,15 +91,21 @@ pub async fn load(
     .await?;
     app.history = events
         .iter()
-        .map(|e| pb::ApplicationEvent {
-            status: status_pb(&e.get::<String, _>(0)),
-            occurred_at: Some(timestamp(e.get(1))),
-            detail: e.get(2),
-            reason_codes: split_codes(&e.get::<String, _>(3)),
+        .map(|e| {
+            Ok(pb::ApplicationEvent {
+                status: status_pb(&e.get::<String, _>(0))?,
+                occurred_at: Some(timestamp(e.get(1))),
+                detail: e.get(2),
+                reason_codes: split_codes(&e.get::<String, _>(3)),
+            })
         })
-        .collect();
+        .collect::<ApiResult<_>>()?;
     Ok(Some(app))
 }
+
+/// The topic of status changes in the outbox (aggregate: the application;
+/// no payload: a watcher reads the application).
+pub const CHANGED_TOPIC: &str = "acquisition.ApplicationChanged";
 
 /// Appends an event to the history, and the same event to the outbox (for
 /// the partner's watch streams), in the caller's transaction.
@@ -107,14 +118,8 @@ pub async fn insert_event(
     at: i64,
 ) -> ApiResult<()> {
     let event_id = format!("evt_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(
-        "INSERT INTO outbox (event_id, application_id, created_at, sent_at) VALUES ($1, $2, $3, 0)",
-    )
-    .bind(&event_id)
-    .bind(application_id)
-    .bind(at)
-    .execute(&mut *conn)
-    .await?;
+    colend_platform::outbox::enqueue_with_id(conn, &event_id, application_id, CHANGED_TOPIC, &[])
+        .await?;
     sqlx::query(
         "INSERT INTO application_events (event_id, application_id, status, detail, reason_codes, occurred_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -197,6 +202,7 @@ impl Acquisition {
         let velocity = self.velocity;
         // The journey starts under this replica's lease, taken with the insert.
         let lease = self.journey.new_lease();
+        let epoch = lease.epoch;
         let created = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let created_here = created.clone();
         let app = idempotency::run(&self.db, scope, request_id, hash, move |tx| {
@@ -245,9 +251,10 @@ impl Acquisition {
                     "INSERT INTO applications (application_id, partner_id, status, reason_codes, business_name, credit_code, \
                      masked_resident_id, person_key, business_key, currency, requested_amount, term_months, purpose, \
                      repayment_method, request_body, consent_scopes, consent_channel, consent_text_version, consent_granted_at, \
-                     kyc_check_id, kyc_age, kyc_region, decision, funding, created_at, updated_at, lease_owner, lease_until) \
+                     kyc_check_id, kyc_age, kyc_region, decision, funding, created_at, updated_at, lease_owner, lease_until, \
+                     lease_epoch) \
                      VALUES ($1, $2, 'SUBMITTED', '', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-                     '', 0, '', '', '', $18, $18, $19, $20)",
+                     '', 0, '', '', '', $18, $18, $19, $20, $21)",
                 )
                 .bind(&id)
                 .bind(&partner_id)
@@ -267,8 +274,9 @@ impl Acquisition {
                 .bind(&consent.text_version)
                 .bind(consent.granted_at.as_ref().map(millis_of).unwrap_or(0))
                 .bind(now)
-                .bind(&lease.0)
-                .bind(lease.1)
+                .bind(&lease.owner)
+                .bind(lease.until)
+                .bind(lease.epoch)
                 .execute(&mut *tx)
                 .await?;
                 insert_event(tx, &id, Status::Submitted, "application received; consent recorded", &[], now).await?;
@@ -286,7 +294,9 @@ impl Acquisition {
             // runs its journey).
             colend_platform::fault::crash_point("acquisition.submit.after_commit");
             // A replay (the application was made by an earlier call) takes the lease first.
-            let leased = created.load(std::sync::atomic::Ordering::Relaxed);
+            let leased = created
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then_some(epoch);
             self.journey.start(app.application_id.clone(), leased);
         }
         Ok(app)
@@ -323,7 +333,8 @@ impl Acquisition {
         .bind(page_size + 1)
         .fetch_all(&self.db.pool)
         .await?;
-        let mut apps: Vec<pb::Application> = rows.iter().map(application_of).collect();
+        let mut apps: Vec<pb::Application> =
+            rows.iter().map(application_of).collect::<ApiResult<_>>()?;
         let next = if apps.len() as i64 > page_size {
             apps.truncate(page_size as usize);
             apps.last()
@@ -354,13 +365,18 @@ impl Acquisition {
         };
         let scope = format!("RecordLoanEvent:{}", r.partner_id);
         let app_id = r.application_id.clone();
+        let lock = self.row_lock();
         let app = idempotency::run(&self.db, scope, r.request_id.clone(), hash, move |tx| {
             Box::pin(async move {
-                let row: Option<(String, String)> =
-                    sqlx::query_as("SELECT status, partner_id FROM applications WHERE application_id = $1")
-                        .bind(&r.application_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
+                // The status is read and written under the row's lock, so a
+                // concurrent change (an abandonment closing the application)
+                // is never overwritten with what was read before it.
+                let row: Option<(String, String)> = sqlx::query_as(&format!(
+                    "SELECT status, partner_id FROM applications WHERE application_id = $1{lock}"
+                ))
+                .bind(&r.application_id)
+                .fetch_optional(&mut *tx)
+                .await?;
                 let (current, partner) = row.ok_or_else(|| ApiError::NotFound("application".into()))?;
                 if partner != r.partner_id {
                     return Err(ApiError::NotFound("application".into()));
@@ -396,9 +412,36 @@ impl Acquisition {
         Ok(app)
     }
 
+    /// `" FOR UPDATE"` on PostgreSQL, for a read followed by a write of the
+    /// same row in one transaction (SQLite serialises writers anyway).
+    fn row_lock(&self) -> &'static str {
+        if self.db.backend == colend_platform::db::Backend::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        }
+    }
+
     /// An operator's decision on a parked journey: retry it from the step
-    /// where it stopped, or abandon it (compensating first: the funding
-    /// reservation the journey may have made is voided).
+    /// where it stopped, or abandon it.
+    ///
+    /// RETRY moves PARKED back to the parked step (compare-and-set on
+    /// PARKED) and starts the journey, which takes the lease at a new epoch.
+    ///
+    /// ABANDON goes in three steps, each committed before the next:
+    /// 1. PARKED → ABANDONING, with who decided and why, and its history
+    ///    event ([`Acquisition::begin_abandon`]). From then on RETRY is
+    ///    refused; of a RETRY and an ABANDON racing, exactly one moves the
+    ///    status off PARKED, and the other is refused with INVALID_STATE.
+    /// 2. The compensation ([`Journey::compensate_funding`]): the funding
+    ///    reservation, if any, is voided and the application closed to
+    ///    funding.
+    /// 3. ABANDONING → FAILED / ABANDONED, releasing the borrower; stored as
+    ///    the call's answer.
+    ///
+    /// A failure after step 1 (a service away, a crash) leaves ABANDONING:
+    /// ABANDON again, with the same request id or a new one, continues it.
+    /// The sweeper does not: an operator decided, an operator finishes.
     pub async fn resume(
         &self,
         hash: String,
@@ -406,65 +449,91 @@ impl Acquisition {
     ) -> ApiResult<pb::Application> {
         let abandon = r.action == pb::ResumeAction::Abandon as i32;
         let id = r.application_id.clone();
-        let current: Option<(String, String)> =
-            sqlx::query_as("SELECT status, partner_id FROM applications WHERE application_id = $1")
+        let current: Option<(String,)> =
+            sqlx::query_as("SELECT status FROM applications WHERE application_id = $1")
                 .bind(&id)
                 .fetch_optional(&self.db.pool)
                 .await?;
-        let Some((current, partner)) = current else {
+        let Some((current,)) = current else {
             return Err(ApiError::NotFound("application".into()));
         };
-        // Compensation runs before the local close, and is idempotent: a
-        // replay (or a retry after a crash) voids nothing twice.
-        let mut compensated = String::new();
-        if abandon && current == Status::Parked.name() {
-            compensated = self
-                .journey
-                .compensate_funding(
-                    &id,
-                    &partner,
-                    &format!("journey abandoned by {}: {}", r.operator, r.reason),
-                )
-                .await?;
+        let current = Status::parse(&current)
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad status {current}")))?;
+        // What this call's compensation did; the application is closed only
+        // by a call that compensated (a replay gets its stored answer first).
+        let mut compensated: Option<String> = None;
+        if abandon && current.can_abandon() {
+            self.begin_abandon(hash.clone(), &r).await?;
+            compensated = Some(self.journey.compensate_funding(&id).await?);
         }
+        let lock = self.row_lock();
         let scope = "ResumeApplication".to_string();
         let app = idempotency::run(&self.db, scope, r.request_id.clone(), hash, move |tx| {
             Box::pin(async move {
-                let row: Option<(String, String)> = sqlx::query_as(
-                    "SELECT status, parked_step FROM applications WHERE application_id = $1",
-                )
+                let row: Option<(String, String, String)> = sqlx::query_as(&format!(
+                    "SELECT status, parked_step, abandon_reason FROM applications WHERE application_id = $1{lock}"
+                ))
                 .bind(&r.application_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let (status, step) = row.ok_or_else(|| ApiError::NotFound("application".into()))?;
-                if status != Status::Parked.name() {
-                    return Err(ApiError::InvalidState(format!(
-                        "the application is {status}; only a PARKED journey can be resumed or abandoned"
-                    )));
-                }
-                let now = now_millis();
-                let (to, reasons, detail) = if abandon {
-                    (
+                let (status, step, why) = row.ok_or_else(|| ApiError::NotFound("application".into()))?;
+                let status = Status::parse(&status)
+                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad status {status}")))?;
+                let (from, to, reasons, detail) = match (abandon, compensated) {
+                    (true, Some(compensated)) if status == Status::Abandoning => (
+                        Status::Abandoning,
                         Status::Failed,
                         vec!["ABANDONED".to_string()],
-                        format!("abandoned by {}: {}; {compensated}", r.operator, r.reason),
-                    )
-                } else {
-                    let to = Status::parse(&step)
-                        .filter(|s| s.is_in_progress())
-                        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad parked step {step}")))?;
-                    (to, Vec::new(), format!("resumed at {step} by {}: {}", r.operator, r.reason))
+                        format!("{why}; {compensated}"),
+                    ),
+                    (true, _) => {
+                        return Err(ApiError::InvalidState(format!(
+                            "the application is {}; only a PARKED journey can be abandoned",
+                            status.name()
+                        )));
+                    }
+                    (false, _) if status == Status::Abandoning => {
+                        return Err(ApiError::InvalidState(
+                            "the application is ABANDONING: it can no longer be retried (ABANDON finishes it)".into(),
+                        ));
+                    }
+                    (false, _) if !status.can_retry() => {
+                        return Err(ApiError::InvalidState(format!(
+                            "the application is {}; only a PARKED journey can be resumed",
+                            status.name()
+                        )));
+                    }
+                    (false, _) => {
+                        let to = Status::parse(&step)
+                            .filter(|s| s.is_in_progress())
+                            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad parked step {step}")))?;
+                        (
+                            Status::Parked,
+                            to,
+                            Vec::new(),
+                            format!("resumed at {step} by {}: {}", r.operator, r.reason),
+                        )
+                    }
                 };
-                sqlx::query(
+                let now = now_millis();
+                // Compare-and-set: of two decisions racing, one moves the status.
+                let moved = sqlx::query(
                     "UPDATE applications SET status = $1, reason_codes = $2, parked_step = '', lease_owner = '', \
-                     lease_until = 0, updated_at = $3 WHERE application_id = $4 AND status = 'PARKED'",
+                     lease_until = 0, updated_at = $3 WHERE application_id = $4 AND status = $5",
                 )
                 .bind(to.name())
                 .bind(reasons.join(","))
                 .bind(now)
                 .bind(&r.application_id)
+                .bind(from.name())
                 .execute(&mut *tx)
                 .await?;
+                if moved.rows_affected() != 1 {
+                    return Err(ApiError::InvalidState(format!(
+                        "the application is no longer {}: another decision was taken first",
+                        from.name()
+                    )));
+                }
                 insert_event(tx, &r.application_id, to, &detail, &reasons, now).await?;
                 if !to.holds_borrower() {
                     release_borrower(tx, &r.application_id).await?;
@@ -477,8 +546,71 @@ impl Acquisition {
         .await?;
         self.journey.notify(&id);
         if !abandon && app.status != pb::ApplicationStatus::Parked as i32 {
-            self.journey.start(id, false);
+            self.journey.start(id, None);
         }
+        Ok(app)
+    }
+
+    /// Step 1 of ABANDON: PARKED → ABANDONING, recording who decided and why
+    /// (the compensation sends it) with a history event; for an application
+    /// already ABANDONING (an abandonment that stopped half-way), nothing.
+    /// Idempotent by request id, under a scope of its own.
+    async fn begin_abandon(
+        &self,
+        hash: String,
+        r: &pb::ResumeApplicationRequest,
+    ) -> ApiResult<pb::Application> {
+        let id = r.application_id.clone();
+        let why = format!("journey abandoned by {}: {}", r.operator, r.reason);
+        let lock = self.row_lock();
+        let scope = "ResumeApplication:abandon".to_string();
+        let app = idempotency::run(&self.db, scope, r.request_id.clone(), hash, move |tx| {
+            Box::pin(async move {
+                let row: Option<(String,)> = sqlx::query_as(&format!(
+                    "SELECT status FROM applications WHERE application_id = $1{lock}"
+                ))
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let (status,) = row.ok_or_else(|| ApiError::NotFound("application".into()))?;
+                let status = Status::parse(&status)
+                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad status {status}")))?;
+                match status {
+                    Status::Abandoning => {}
+                    Status::Parked => {
+                        let now = now_millis();
+                        let moved = sqlx::query(
+                            "UPDATE applications SET status = 'ABANDONING', abandon_reason = $1, updated_at = $2 \
+                             WHERE application_id = $3 AND status = 'PARKED'",
+                        )
+                        .bind(&why)
+                        .bind(now)
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                        if moved.rows_affected() != 1 {
+                            return Err(ApiError::InvalidState(
+                                "the application is no longer PARKED: another decision was taken first".into(),
+                            ));
+                        }
+                        let detail = format!("{why}; compensating before closing");
+                        insert_event(tx, &id, Status::Abandoning, &detail, &["ABANDONED".to_string()], now)
+                            .await?;
+                    }
+                    other => {
+                        return Err(ApiError::InvalidState(format!(
+                            "the application is {}; only a PARKED journey can be abandoned",
+                            other.name()
+                        )));
+                    }
+                }
+                load(tx, &id, None)
+                    .await?
+                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application vanished")))
+            })
+        })
+        .await?;
+        self.journey.notify(&r.application_id);
         Ok(app)
     }
 }

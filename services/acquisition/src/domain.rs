@@ -14,10 +14,15 @@ pub enum Status {
     Repaying,
     Failed,
     Parked,
+    /// The bank's operators abandoned a parked journey: the decision is
+    /// recorded, the compensation (voiding the funding reservation) may
+    /// still be under way. Goes on only to FAILED (the abandonment
+    /// completed) or, when the disbursement happened after all, forward.
+    Abandoning,
 }
 
 impl Status {
-    pub const ALL: [Status; 11] = [
+    pub const ALL: [Status; 12] = [
         Status::Submitted,
         Status::KycPassed,
         Status::KycRejected,
@@ -29,6 +34,7 @@ impl Status {
         Status::Repaying,
         Status::Failed,
         Status::Parked,
+        Status::Abandoning,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -44,9 +50,12 @@ impl Status {
             Status::Repaying => "REPAYING",
             Status::Failed => "FAILED",
             Status::Parked => "PARKED",
+            Status::Abandoning => "ABANDONING",
         }
     }
 
+    /// The status stored as `s`; None for a name that is not a status
+    /// (callers treat that as an error, never as a default).
     pub fn parse(s: &str) -> Option<Status> {
         Status::ALL.into_iter().find(|x| x.name() == s)
     }
@@ -77,7 +86,20 @@ impl Status {
                 | Status::Approved
                 | Status::FundsReserved
                 | Status::Parked
+                | Status::Abandoning
         )
+    }
+
+    /// An operator's RETRY is taken only from here (an ABANDONING journey
+    /// can no longer be retried: its abandonment only goes forward).
+    pub fn can_retry(&self) -> bool {
+        *self == Status::Parked
+    }
+
+    /// An operator's ABANDON starts from PARKED, or continues an
+    /// abandonment that stopped half-way (ABANDONING).
+    pub fn can_abandon(&self) -> bool {
+        matches!(self, Status::Parked | Status::Abandoning)
     }
 
     /// Loan events move the status forward only.
@@ -89,10 +111,13 @@ impl Status {
             }
             // A reservation voided before disbursement (released or expired).
             (Status::FundsReserved, Status::FundingRejected) => Status::FundingRejected,
-            // The pivot happened for a parked journey (its reservation went
-            // through after all and the bank disbursed): forward only.
-            (Status::Parked, Status::Disbursed) => Status::Disbursed,
-            (Status::Parked, Status::Repaying) => Status::Repaying,
+            // The pivot happened for a parked or abandoning journey (its
+            // reservation went through after all and the bank disbursed):
+            // forward only.
+            (Status::Parked | Status::Abandoning, Status::Disbursed) => Status::Disbursed,
+            (Status::Parked | Status::Abandoning, Status::Repaying) => Status::Repaying,
+            // Anything else changes nothing (a void reported while
+            // abandoning included: the abandonment closes the application).
             (s, _) => s,
         }
     }
@@ -135,6 +160,25 @@ mod tests {
             Status::Disbursed.after_loan_event(Status::FundingRejected),
             Status::Disbursed
         );
+    }
+
+    #[test]
+    fn abandoning_only_goes_forward() {
+        let a = Status::Abandoning;
+        assert!(a.holds_borrower() && !a.is_in_progress() && !a.is_terminal());
+        assert!(a.can_abandon() && !a.can_retry());
+        assert!(Status::Parked.can_retry() && Status::Parked.can_abandon());
+        for s in Status::ALL {
+            if s != Status::Parked && s != Status::Abandoning {
+                assert!(!s.can_retry() && !s.can_abandon(), "{s:?}");
+            }
+        }
+        assert_eq!(a.after_loan_event(Status::Disbursed), Status::Disbursed);
+        assert_eq!(a.after_loan_event(Status::Repaying), Status::Repaying);
+        assert_eq!(a.after_loan_event(Status::FundingRejected), a);
+        assert_eq!(Status::parse("ABANDONING"), Some(a));
+        assert_eq!(Status::parse("abandoning"), None);
+        assert_eq!(Status::parse(""), None);
     }
 
     #[test]

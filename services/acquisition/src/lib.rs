@@ -30,17 +30,22 @@ pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Re
 /// Connects storage, starts the journey sweeper (which resumes unfinished
 /// journeys) and the outbox relay, and returns the service.
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
+    register_with(mesh, journey::Config::from_env()?).await
+}
+
+/// [`register`], with the journeys run as `config` says.
+pub async fn register_with(mesh: Mesh, config: journey::Config) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "acquisition", &MIGRATOR).await?;
     colend_platform::audit::register(SERVICE, &db);
     colend_platform::idempotency::spawn_retention(&db)?;
-    let journey = journey::Journey::new(db.clone(), &mesh)?;
+    let journey = journey::Journey::with_config(db.clone(), &mesh, config)?;
     let app = app::Acquisition::new(
         db,
         mesh.blind_key.clone(),
         mesh.sealer.clone(),
         journey.clone(),
     );
-    journey.spawn_workers(&mesh.workers);
+    journey.spawn_workers(&mesh.workers)?;
     let server = grpc::server(app);
     Ok(Registered::new(SERVICE, move |routes| {
         routes.add_service(server);
