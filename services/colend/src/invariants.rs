@@ -22,7 +22,9 @@
 //! 9. No parked or closed journey holds a live reservation, and no
 //!    application closed to funding has a live loan.
 //! 10. Exactly one effect per idempotency key: applications, loans,
-//!     disbursements and repayments each match one stored key.
+//!     disbursements and repayments each match one stored key (a bank
+//!     transaction booked again under a new request id is answered with the
+//!     repayment already booked: the keys naming one repayment count once).
 //! 11. Nothing is left to relay, and every audit chain is intact.
 //!
 //! A loan is *live* unless VOID. Funding moves its counters so (read from
@@ -763,6 +765,27 @@ async fn ok_keys(conn: &mut AnyConnection, scope: &str) -> anyhow::Result<i64> {
     Ok(n)
 }
 
+/// Repayments the stored BookRepayment answers name. The same bank
+/// transaction sent again under a new request id is answered with the
+/// repayment already booked, so two keys may name one repayment.
+async fn repayment_keys(conn: &mut AnyConnection) -> anyhow::Result<i64> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT response FROM idempotency_keys WHERE outcome = 'ok' AND scope LIKE 'BookRepayment%'",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut named = HashSet::new();
+    for (response,) in rows {
+        let answer = hex::decode(&response)
+            .ok()
+            .and_then(|b| fund::BookRepaymentResponse::decode(b.as_slice()).ok())
+            .and_then(|r| r.repayment)
+            .ok_or_else(|| anyhow::anyhow!("a stored BookRepayment answer is unreadable"))?;
+        named.insert(answer.repayment_id);
+    }
+    Ok(named.len() as i64)
+}
+
 async fn read_funding(conn: &mut AnyConnection, out: Outboxes) -> anyhow::Result<FundingData> {
     let mut f = FundingData::default();
     let rows = sqlx::query(
@@ -839,7 +862,7 @@ async fn read_funding(conn: &mut AnyConnection, out: Outboxes) -> anyhow::Result
     f.closed = closed.into_iter().map(|(a,)| a).collect();
     f.reserve_keys = ok_keys(conn, "ReserveFunding:%").await?;
     f.disburse_keys = ok_keys(conn, "BookDisbursement%").await?;
-    f.repay_keys = ok_keys(conn, "BookRepayment%").await?;
+    f.repay_keys = repayment_keys(conn).await?;
     // (event id, aggregate, payload) of every event acquisition has not had.
     let mut pending: Vec<(String, String, String)> = Vec::new();
     for (present, sql) in [

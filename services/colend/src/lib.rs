@@ -104,11 +104,12 @@ pub async fn audit_verify(name: &str, backends: &Backends) -> anyhow::Result<Vec
                 use sqlx::Connection;
                 sqlx::any::install_default_drivers();
                 let mut conn = sqlx::AnyConnection::connect(url).await?;
-                let found: Option<(String,)> =
-                    sqlx::query_as("SELECT nspname FROM pg_namespace WHERE nspname = $1")
-                        .bind(n)
-                        .fetch_optional(&mut conn)
-                        .await?;
+                let found: Option<(String,)> = sqlx::query_as(
+                    "SELECT CAST(nspname AS TEXT) FROM pg_namespace WHERE nspname = $1",
+                )
+                .bind(n)
+                .fetch_optional(&mut conn)
+                .await?;
                 conn.close().await.ok();
                 anyhow::ensure!(found.is_some(), "{n}: the database has no {n} schema");
             }
