@@ -152,13 +152,17 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_) => true,
             // Connection exceptions (08…), shutdown / cannot connect now (57P…),
-            // too many connections (53300), serialization failures (40001, 40P01).
+            // too many connections (53300), serialization failures (40001, 40P01);
+            // SQLite's file busy or locked by another process past the busy
+            // timeout (SQLITE_BUSY 5 and SQLITE_LOCKED 6, with their extended codes).
             sqlx::Error::Database(d) => d.code().is_some_and(|c| {
                 c.starts_with("08")
                     || c.starts_with("57P")
                     || c == "53300"
                     || c == "40001"
                     || c == "40P01"
+                    || c.parse::<u32>()
+                        .is_ok_and(|n| n & 0xff == 5 || n & 0xff == 6)
             }),
             _ => false,
         };

@@ -133,13 +133,13 @@ fn error_from_stored(reason: &str, message: &str) -> ApiError {
 
 /// The reasons of final business refusals: a replay must return them
 /// unchanged. Every other error (invalid input, which never reached the
-/// effect; a missing set-up such as NO_AGREEMENT or NOT_READY, which can
-/// become true; a dependency or database that is away; an internal fault)
-/// is not stored, so a retry with the same request id runs again.
+/// effect; a missing set-up such as NO_AGREEMENT, NOT_WHITELISTED or
+/// NOT_READY, which can become true; a dependency or database that is away;
+/// an internal fault) is not stored, so a retry with the same request id
+/// runs again.
 pub const FINAL_REASONS: &[&str] = &[
     "QUOTA_EXCEEDED",
     "INVALID_STATE",
-    "NOT_WHITELISTED",
     "DUPLICATE_APPLICATION",
     "ALREADY_EXISTS",
 ];
@@ -428,6 +428,10 @@ pub struct Batched<R> {
 ///   each. Each outcome is stored with its key and audited (ALLOWED, or
 ///   REFUSED for a business refusal) in the same transaction.
 ///
+/// Each answer comes with whether it was replayed from an earlier call (a
+/// stored response or refusal), so the caller can tell the caller of a
+/// replay what has happened since (a reservation voided meanwhile).
+///
 /// An `Err` from `effect` or from the database fails the whole batch, and
 /// nothing of it is written. The caller holds each key's in-process claim
 /// ([`InFlight::claim`]) and runs this where a cancelled client cannot
@@ -436,13 +440,14 @@ pub async fn run_batch<R, M, F>(
     db: &Db,
     items: &[Batched<R>],
     effect: F,
-) -> ApiResult<Vec<ApiResult<M>>>
+) -> ApiResult<Vec<(ApiResult<M>, bool)>>
 where
     R: Clone,
     M: Message + Default,
     F: for<'t> FnOnce(&'t mut AnyConnection, Vec<R>) -> BoxFuture<'t, ApiResult<Vec<ApiResult<M>>>>,
 {
     let mut results: Vec<Option<ApiResult<M>>> = items.iter().map(|_| None).collect();
+    let mut replayed = vec![false; items.len()];
     let mut tx = db.pool.begin().await?;
     if db.backend == crate::db::Backend::Postgres {
         let keys: Vec<String> = items
@@ -485,12 +490,17 @@ where
         .into_iter()
         .map(|(scope, id, h, o, r)| ((scope, id), (h, o, r)))
         .collect();
-    for (b, slot) in items.iter().zip(results.iter_mut()) {
+    for ((b, slot), was) in items
+        .iter()
+        .zip(results.iter_mut())
+        .zip(replayed.iter_mut())
+    {
         if slot.is_some() {
             continue;
         }
         if let Some((h, o, r)) = stored.get(&(b.scope.clone(), b.request_id.clone())) {
             *slot = Some(decode::<M>(h, &b.hash, o, r).and_then(Stored::answer));
+            *was = true;
         }
     }
     let fresh: Vec<usize> = (0..items.len()).filter(|&i| results[i].is_none()).collect();
@@ -559,7 +569,8 @@ where
     tx.commit().await?;
     Ok(results
         .into_iter()
-        .map(|r| r.unwrap_or(Err(ApiError::RequestInFlight)))
+        .zip(replayed)
+        .map(|(r, replayed)| (r.unwrap_or(Err(ApiError::RequestInFlight)), replayed))
         .collect())
 }
 

@@ -382,6 +382,15 @@ impl Acquisition {
                     return Err(ApiError::NotFound("application".into()));
                 }
                 let current = Status::parse(&current).ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad status")))?;
+                if current == Status::Approved {
+                    // The journey holds the reservation's answer but has not
+                    // committed FUNDS_RESERVED yet: an event applied now would
+                    // be overwritten by that commit. Funding's outbox sends it
+                    // again (not stored: NOT_READY is not final).
+                    return Err(ApiError::NotReady(
+                        "the journey has not recorded its funding yet; send the event again".into(),
+                    ));
+                }
                 let next = current.after_loan_event(event);
                 let now = now_millis();
                 sqlx::query("UPDATE applications SET status = $1, updated_at = $2 WHERE application_id = $3")

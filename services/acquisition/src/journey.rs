@@ -1014,6 +1014,40 @@ impl Journey {
                 let m = |x: &Option<Money>| {
                     colend_core::money::format_minor(x.as_ref().map(|m| m.minor_units).unwrap_or(0))
                 };
+                // A replayed answer (a retry after a lost answer, a resumed
+                // journey) carries the loan as it stands now: voided
+                // meanwhile (released or expired), or disbursed by the bank.
+                match funding::LoanStatus::try_from(loan.status) {
+                    Ok(funding::LoanStatus::Reserved) => {}
+                    Ok(funding::LoanStatus::Void) => {
+                        return Ok(StepResult {
+                            to: Status::FundingRejected,
+                            detail: format!(
+                                "the reservation {} was voided before the journey recorded it",
+                                loan.loan_id
+                            ),
+                            reasons: vec!["RESERVATION_VOID".into()],
+                            columns: vec![("funding", hex::encode(summary.encode_to_vec()))],
+                        });
+                    }
+                    Ok(funding::LoanStatus::Disbursed | funding::LoanStatus::Settled) => {
+                        return Ok(StepResult {
+                            to: Status::Disbursed,
+                            detail: format!(
+                                "funds reserved and disbursed by the bank on {}",
+                                loan.disbursed_on
+                            ),
+                            reasons: Vec::new(),
+                            columns: vec![("funding", hex::encode(summary.encode_to_vec()))],
+                        });
+                    }
+                    _ => {
+                        return Err(ApiError::internal(anyhow::anyhow!(
+                            "funding answered a reservation with loan status {}",
+                            loan.status
+                        )));
+                    }
+                }
                 Ok(StepResult {
                     to: Status::FundsReserved,
                     detail: format!(

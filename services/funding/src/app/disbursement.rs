@@ -34,6 +34,14 @@ impl Funding {
                         l.status
                     )));
                 }
+                if l.expires_at < now_millis() {
+                    // Past its expiry the reservation holds nothing the bank
+                    // may still draw on: the sweeper is voiding it.
+                    return Err(ApiError::InvalidState(format!(
+                        "the reservation expired at {}; reserve again",
+                        colend_platform::time::datetime(l.expires_at).to_rfc3339()
+                    )));
+                }
                 let closed: Option<(String,)> =
                     sqlx::query_as("SELECT reason FROM closed_applications WHERE application_id = $1")
                         .bind(&l.application_id)

@@ -158,10 +158,62 @@ async fn run(
     limits: Limits,
     items: &[Batched<Reservation>],
 ) -> ApiResult<Vec<ApiResult<pb::Loan>>> {
-    run_batch(db, items, move |tx, reservations| {
+    let answers = run_batch(db, items, move |tx, reservations| {
         Box::pin(decide_and_write(tx, limits, reservations))
     })
-    .await
+    .await?;
+    let mut results: Vec<ApiResult<pb::Loan>> = Vec::with_capacity(answers.len());
+    let mut replays = Vec::new();
+    for (i, (result, replayed)) in answers.into_iter().enumerate() {
+        if replayed && result.is_ok() {
+            replays.push(i);
+        }
+        results.push(result);
+    }
+    if !replays.is_empty() {
+        refresh_replays(db, &mut results, &replays).await?;
+    }
+    Ok(results)
+}
+
+/// A replayed reservation answers with the loan as it stands now, not as it
+/// was reserved: a caller that lost the first answer and asks again after
+/// the reservation was voided (released or expired) or disbursed must not
+/// be told it is still RESERVED.
+async fn refresh_replays(
+    db: &Db,
+    results: &mut [ApiResult<pb::Loan>],
+    replays: &[usize],
+) -> ApiResult<()> {
+    let ids: Vec<String> = replays
+        .iter()
+        .filter_map(|&i| results[i].as_ref().ok().map(|l| l.loan_id.clone()))
+        .collect();
+    let mut conn = db.pool.acquire().await?;
+    let sql = format!(
+        "SELECT {LOAN_COLS} FROM loans WHERE loan_id IN ({})",
+        colend_platform::db::placeholders(&conn, ids.len(), 1, 1)
+    );
+    let mut q = sqlx::query(&sql);
+    for id in &ids {
+        q = q.bind(id.clone());
+    }
+    let mut now: HashMap<String, LoanRow> = HashMap::new();
+    for row in q.fetch_all(&mut *conn).await? {
+        let l = loan_row(&row)?;
+        now.insert(l.loan_id.clone(), l);
+    }
+    for &i in replays {
+        if let Ok(loan) = &mut results[i]
+            && let Some(l) = now.get(&loan.loan_id)
+            && l.status != LoanStatus::Reserved
+        {
+            let (sched, _) = load_schedule(&mut conn, &l.loan_id).await?;
+            let reps = load_repayments(&mut conn, &l.loan_id).await?;
+            *loan = loan_pb(l, &sched, reps);
+        }
+    }
+    Ok(())
 }
 
 /// Locks a usage row (creating it at zero) and reads it.
