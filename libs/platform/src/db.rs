@@ -59,6 +59,40 @@ impl Db {
     }
 
     /// The platform's tables ([`crate::schema`]) and the service's own.
+    /// Opens a service's existing storage for an operator's tool (`colend
+    /// audit verify`, `colend outbox`): no migration runs and nothing is
+    /// created; storage that is not there is refused.
+    pub async fn open_existing(backends: &Backends, service: &str) -> anyhow::Result<Db> {
+        match &backends.database_url {
+            None => {
+                let file = backends.data_dir.join(format!("{service}.db"));
+                anyhow::ensure!(
+                    file.is_file(),
+                    "no {service} storage at {} (is --data-dir the mesh's data directory?)",
+                    file.display()
+                );
+            }
+            Some(url) => {
+                sqlx::any::install_default_drivers();
+                let mut conn = sqlx::AnyConnection::connect(url)
+                    .await
+                    .context("connecting to PostgreSQL (DATABASE_URL)")?;
+                let found: Option<(String,)> = sqlx::query_as(
+                    "SELECT CAST(nspname AS TEXT) FROM pg_namespace WHERE nspname = $1",
+                )
+                .bind(service)
+                .fetch_optional(&mut conn)
+                .await?;
+                conn.close().await.ok();
+                anyhow::ensure!(
+                    found.is_some(),
+                    "the database has no {service} schema (is DATABASE_URL the mesh's?)"
+                );
+            }
+        }
+        Self::open(backends, service).await
+    }
+
     async fn run_migrations(&self, service: &str, migrator: &Migrator) -> anyhow::Result<()> {
         let mut conn = self.pool.acquire().await?;
         let result = crate::schema::migrate(&mut conn, self.backend, &self.schema, migrator)

@@ -132,7 +132,9 @@ impl Failure {
 /// How a relay runs (environment, with defaults).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// Attempts before an event becomes a dead letter (`COLEND_OUTBOX_MAX_ATTEMPTS`, 10).
+    /// Attempts before an event becomes a dead letter (`COLEND_OUTBOX_MAX_ATTEMPTS`, 20:
+    /// with the default backoff about 1 h 45 min, longer than a receiver's
+    /// usual outage).
     pub max_attempts: i64,
     /// Wait after the first failed attempt; doubles with each (`COLEND_OUTBOX_BACKOFF_MS`, 1000).
     pub backoff: Duration,
@@ -151,12 +153,16 @@ pub struct Settings {
     /// replica takes back at once the claims its previous run left, instead
     /// of waiting for their lease. Replicas must have distinct names.
     pub owner: String,
+    /// The owner was named (`COLEND_INSTANCE_ID` or `HOSTNAME`), not the
+    /// default: only then are a previous run's claims taken back at start,
+    /// since replicas sharing the default name would free each other's.
+    pub named: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            max_attempts: 10,
+            max_attempts: 20,
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(600),
             batch: 200,
@@ -164,6 +170,7 @@ impl Default for Settings {
             lease: Duration::from_secs(30),
             retention: Duration::from_secs(24 * 3_600),
             owner: "colend".into(),
+            named: false,
         }
     }
 }
@@ -207,6 +214,9 @@ impl Settings {
             concurrency,
             lease: Duration::from_millis(lease),
             retention: Duration::from_secs(hours * 3_600),
+            named: crate::config::env_opt("COLEND_INSTANCE_ID")
+                .or_else(|| crate::config::env_opt("HOSTNAME"))
+                .is_some(),
             owner: crate::config::env_opt("COLEND_INSTANCE_ID")
                 .or_else(|| crate::config::env_opt("HOSTNAME"))
                 .unwrap_or(d.owner),
@@ -413,7 +423,7 @@ impl Relay {
     /// this relay's own.
     async fn reclaim(&self) -> ApiResult<()> {
         let first = !self.0.reclaimed.load(Ordering::Relaxed);
-        if first {
+        if first && self.0.settings.named {
             let (replica, run) = (
                 self.claim_prefix(Upto::Replica),
                 self.claim_prefix(Upto::Run),
@@ -432,7 +442,7 @@ impl Relay {
     }
 
     /// Claims up to a batch of due heads under a fresh claim id.
-    async fn claim(&self) -> ApiResult<Vec<(String, RawEvent)>> {
+    async fn claim(&self) -> ApiResult<Vec<(Claim, RawEvent)>> {
         let s = &self.0.settings;
         let db = &self.0.db;
         let claim = format!(
@@ -456,9 +466,10 @@ impl Relay {
                ORDER BY e.seq LIMIT $4{lock}) \
              RETURNING seq, event_id, aggregate_id, topic, payload, created_at, attempts, last_error"
         );
+        let until = now.saturating_add(millis(s.lease));
         let rows = sqlx::query(&sql)
             .bind(&claim)
-            .bind(now.saturating_add(millis(s.lease)))
+            .bind(until)
             .bind(now)
             .bind(s.batch)
             .fetch_all(&db.pool)
@@ -479,12 +490,42 @@ impl Relay {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         events.sort_by_key(|e| e.seq);
-        Ok(events.into_iter().map(|e| (claim.clone(), e)).collect())
+        // Every delivery of the round must end by half the lease from the
+        // claim, however late in the round it starts, so a claim never runs
+        // out while its event is being delivered.
+        let deadline = now.saturating_add(millis(s.lease / 2));
+        Ok(events
+            .into_iter()
+            .map(|e| {
+                (
+                    Claim {
+                        id: claim.clone(),
+                        deadline,
+                    },
+                    e,
+                )
+            })
+            .collect())
     }
 
     /// Delivers one claimed event and records the outcome under the claim.
-    async fn handle(&self, claim: String, raw: RawEvent) -> ApiResult<Outcome> {
+    async fn handle(&self, claimed: Claim, raw: RawEvent) -> ApiResult<Outcome> {
         let s = &self.0.settings;
+        let claim = claimed.id;
+        let left = claimed.deadline.saturating_sub(now_millis());
+        if left <= 0 {
+            // The round ran out of time before this event's turn: nothing was
+            // sent, so the attempt is given back with the claim.
+            sqlx::query(
+                "UPDATE outbox_events SET claimed_by = '', claimed_until = 0, attempts = attempts - 1 \
+                 WHERE seq = $1 AND claimed_by = $2",
+            )
+            .bind(raw.seq)
+            .bind(&claim)
+            .execute(&self.0.db.pool)
+            .await?;
+            return Ok(Outcome::Retrying);
+        }
         if raw.attempt > s.max_attempts {
             // Earlier attempts began and never finished (the relay died or
             // lost its lease): give up rather than loop.
@@ -516,11 +557,11 @@ impl Relay {
             created_at: raw.created_at,
             attempt: raw.attempt,
         };
-        let cut_off = s.lease / 2;
+        let cut_off = Duration::from_millis(u64::try_from(left).unwrap_or(0));
         let result = match tokio::time::timeout(cut_off, (self.0.deliver)(event)).await {
             Ok(r) => r,
             Err(_) => Err(Failure::Retry(format!(
-                "no answer within {} ms (half the lease)",
+                "no answer within {} ms (what was left of half the lease)",
                 cut_off.as_millis()
             ))),
         };
@@ -681,6 +722,12 @@ fn truncate(s: &str) -> String {
 }
 
 /// A claimed row as stored.
+/// A round's claim on its events, and when their deliveries must end.
+struct Claim {
+    id: String,
+    deadline: i64,
+}
+
 struct RawEvent {
     seq: i64,
     event_id: String,

@@ -89,6 +89,7 @@ fn fast() -> Settings {
         lease: Duration::from_secs(10),
         retention: Duration::from_secs(3_600),
         owner: "colend".into(),
+        named: false,
     }
 }
 
@@ -129,6 +130,62 @@ async fn rounds_until(relay: &Relay, db: &Db, n: usize, until: impl Fn(outbox::S
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
     panic!("condition not reached after {n} rounds");
+}
+
+/// A round claims more events than it can deliver within half the lease:
+/// those whose turn comes too late are given back unsent (their attempt
+/// not spent), so no delivery runs past its claim, and every event still
+/// goes exactly once.
+#[tokio::test]
+async fn a_round_never_delivers_past_half_its_lease() {
+    for backend in BOTH {
+        let st = Store::new(backend).await;
+        let events: Vec<(String, String)> = (0..8)
+            .map(|i| (format!("e{i}"), format!("agg{i}")))
+            .collect();
+        let refs: Vec<(&str, &str, &[u8])> = events
+            .iter()
+            .map(|(id, agg)| (id.as_str(), agg.as_str(), b"x".as_slice()))
+            .collect();
+        put(&st.db, &refs).await;
+        let log: Log = Arc::default();
+        let l = log.clone();
+        let settings = Settings {
+            // One at a time, 60 ms each: about two fit in half of a 300 ms lease.
+            concurrency: 1,
+            lease: Duration::from_millis(300),
+            ..fast()
+        };
+        let relay = Relay::new(st.db.clone(), settings, move |e: Event| {
+            let l = l.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                l.lock()
+                    .expect("log")
+                    .push(format!("{}@{}", e.event_id, e.attempt));
+                Ok(())
+            }
+        });
+        let first = relay.run_once().await.expect("round");
+        assert!(
+            first.delivered >= 1 && first.delivered < 8,
+            "{backend:?}: the first round delivered {} of 8",
+            first.delivered
+        );
+        drain(&relay, &st.db, 100).await;
+        let log = logged(&log);
+        let mut ids: Vec<&str> = log.iter().filter_map(|x| x.split('@').next()).collect();
+        ids.sort_unstable();
+        let expected: Vec<String> = (0..8).map(|i| format!("e{i}")).collect();
+        assert_eq!(ids, expected, "{backend:?}: each delivered once: {log:?}");
+        // Given back unsent costs no attempt; only a delivery cut off at the
+        // deadline does (at most once here).
+        assert!(
+            log.iter().all(|x| x.ends_with("@1") || x.ends_with("@2")),
+            "{backend:?}: {log:?}"
+        );
+        st.close().await;
+    }
 }
 
 #[tokio::test]
@@ -543,6 +600,7 @@ async fn a_restarted_replica_takes_back_the_claims_it_left() {
         let l = log.clone();
         let settings = Settings {
             owner: "replica-a".into(),
+            named: true,
             ..fast()
         };
         let relay = Relay::new(st.db.clone(), settings, move |e: Event| {

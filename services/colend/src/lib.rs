@@ -90,37 +90,10 @@ pub async fn audit_verify(name: &str, backends: &Backends) -> anyhow::Result<Vec
     let mut broken = false;
     for n in selected(name)? {
         // Verifying reads an existing chain: storage that is not there is
-        // refused, never created empty by connecting to it.
-        match &backends.database_url {
-            None => {
-                let file = backends.data_dir.join(format!("{n}.db"));
-                anyhow::ensure!(
-                    file.is_file(),
-                    "{n}: no storage at {} (is --data-dir the mesh's data directory?)",
-                    file.display()
-                );
-            }
-            Some(url) => {
-                use sqlx::Connection;
-                sqlx::any::install_default_drivers();
-                let mut conn = sqlx::AnyConnection::connect(url).await?;
-                let found: Option<(String,)> = sqlx::query_as(
-                    "SELECT CAST(nspname AS TEXT) FROM pg_namespace WHERE nspname = $1",
-                )
-                .bind(n)
-                .fetch_optional(&mut conn)
-                .await?;
-                conn.close().await.ok();
-                anyhow::ensure!(found.is_some(), "{n}: the database has no {n} schema");
-            }
-        }
-        let db = match n {
-            "acquisition" => colend_acquisition::connect(backends).await?,
-            "kyc" => colend_kyc::connect(backends).await?,
-            "credit" => colend_credit::connect(backends).await?,
-            "funding" => colend_funding::connect(backends).await?,
-            _ => colend_reconciliation::connect(backends).await?,
-        };
+        // refused, never created (or migrated) by connecting to it.
+        let db = colend_platform::Db::open_existing(backends, n)
+            .await
+            .map_err(|e| anyhow::anyhow!("{n}: {e}"))?;
         report.push(
             match verify(&db).await.map_err(|e| anyhow::anyhow!("{n}: {e}"))? {
                 Verdict::Intact(rows) => format!("{n}: audit chain intact, {rows} rows"),

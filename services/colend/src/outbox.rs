@@ -176,22 +176,8 @@ async fn open(target: &Target) -> anyhow::Result<Db> {
     );
     let mut backends = Backends::from_env();
     backends.data_dir = target.data_dir.clone();
-    if backends.database_url.is_none() {
-        let file = backends.data_dir.join(format!("{}.db", target.service));
-        anyhow::ensure!(
-            file.is_file(),
-            "no {} storage at {} (set --data-dir, or DATABASE_URL for PostgreSQL)",
-            target.service,
-            file.display()
-        );
-    }
-    match target.service.as_str() {
-        "acquisition" => colend_acquisition::connect(&backends).await,
-        "kyc" => colend_kyc::connect(&backends).await,
-        "credit" => colend_credit::connect(&backends).await,
-        "funding" => colend_funding::connect(&backends).await,
-        _ => colend_reconciliation::connect(&backends).await,
-    }
+    // An operator's tool: no migration runs, nothing is created.
+    colend_platform::Db::open_existing(&backends, &target.service).await
 }
 
 fn when(ms: i64) -> String {

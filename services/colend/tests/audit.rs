@@ -61,7 +61,7 @@ async fn audit_chain_detects_tampering() {
     // A directory that is not the mesh's is refused, and stays empty.
     let empty = colend_testkit::TempDir::new();
     let (refused_ok, refused) = verify(&empty.0, "all");
-    assert!(!refused_ok && refused.contains("no storage"), "{refused}");
+    assert!(!refused_ok && refused.contains("storage at"), "{refused}");
     assert_eq!(std::fs::read_dir(&empty.0).unwrap().count(), 0);
     for svc in colend::SERVICES {
         assert!(out.contains(&format!("{svc}: audit chain intact")), "{out}");
