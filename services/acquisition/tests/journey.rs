@@ -6,8 +6,11 @@
 //! - ABANDON records ABANDONING first; a failed compensation leaves it
 //!   there (RETRY refused, borrower still in flight), and ABANDON again
 //!   finishes it: the reservation voided, the borrower released.
-//! - RETRY racing ABANDON on many parked journeys: exactly one wins each
-//!   time, and no live reservation sits under a closed application.
+//! - RETRY racing ABANDON on many parked journeys, half of them holding a
+//!   live reservation (parked at APPROVED: the reservation made, its answer
+//!   lost), half without one: exactly one wins each time, an ABANDON that
+//!   wins voids the reservation held, and no live reservation sits under a
+//!   closed application.
 use colend_acquisition::journey::Config;
 use colend_contracts::acquisition::v1::{
     self as pb, acquisition_service_client::AcquisitionServiceClient,
@@ -485,22 +488,78 @@ async fn abandon_resumes(backend: Backend) {
     r.stop().await;
 }
 
-/// `rounds` times, `per_round` journeys park (funding unreachable), then a
-/// RETRY and an ABANDON are sent together for each.
+/// Ends a network fault at once: open connections (cut mid-frame) are
+/// reset, and new ones pass a moment later, so a step retried right after
+/// the reset gets through.
+async fn heal_quickly(proxy: &FaultProxy) {
+    proxy.set(Mode::Reset);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    proxy.set(Mode::Pass(Duration::ZERO));
+}
+
+/// Waits until every one of `ids` has its credit input recorded.
+async fn credit_inputs_recorded(r: &Rig, ids: &[String]) {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    for id in ids {
+        while r.stored(id).await.0.is_empty() {
+            assert!(
+                Instant::now() < give_up,
+                "{id}: the credit input was never recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// `rounds` times, `per_round` journeys park, then a RETRY and an ABANDON
+/// are sent together for each. Half of each round park at APPROVED holding
+/// a live reservation (the bank decided while funding's answers were being
+/// lost: the reservation was made); the other half park at KYC_PASSED
+/// without one (funding unreachable when the exposure is read).
 async fn retry_races_abandon(backend: Backend, rounds: u32, per_round: u32) {
-    // Calls get longer here: many journeys run at once.
-    let r = Rig::start(backend, 2, 1_500).await;
-    let mut outcomes = (0, 0);
+    // Calls get longer here: many journeys run at once. Four attempts: a
+    // step retried across a reset of its path gets through.
+    let r = Rig::start(backend, 4, 1_500).await;
+    // (RETRY won, ABANDON won), each over a live reservation / without one.
+    let mut outcomes = ((0, 0), (0, 0));
     for round in 0..rounds {
-        r.funding_path.set(Mode::BlackHole);
-        let mut ids = Vec::new();
-        for k in 0..per_round {
-            let n = 100 + round * per_round + k;
-            ids.push(r.submit(&format!("race-{n}"), n).await.application_id);
-        }
+        let held_half = per_round / 2;
+        let submit_all = |from: u32, count: u32| {
+            let r = &r;
+            futures::future::join_all((from..from + count).map(move |k| async move {
+                let n = 100 + round * per_round + k;
+                r.submit(&format!("race-{n}"), n).await.application_id
+            }))
+        };
+        // Held: the credit input recorded (the exposure read from funding),
+        // the bank unreachable; then funding's answers are lost and the bank
+        // is back: the reservation is made and the journey parks holding it.
+        r.credit_path.set(Mode::BlackHole);
+        let held = submit_all(0, held_half).await;
+        credit_inputs_recorded(&r, &held).await;
+        r.funding_path.set(Mode::DropResponses);
+        // Without: funding's answers are lost before the exposure is read.
+        let without = submit_all(held_half, per_round - held_half).await;
+        heal_quickly(&r.credit_path).await;
+        let mut ids = held.clone();
+        ids.extend(without.iter().cloned());
+        let mut holding = std::collections::HashSet::new();
         for id in &ids {
-            r.wait_status(id, pb::ApplicationStatus::Parked).await;
+            let parked = r.wait_status(id, pb::ApplicationStatus::Parked).await;
+            let loans = r.loans(id).await;
+            if held.contains(id) && loans == vec!["RESERVED"] {
+                assert_eq!(parked_at(&parked), pb::ApplicationStatus::Approved, "{id}");
+                holding.insert(id.clone());
+            } else {
+                assert!(loans.is_empty(), "{id}: {loans:?}");
+            }
         }
+        assert!(
+            holding.len() * 2 >= held.len(),
+            "round {round}: only {} of {} journeys parked holding a reservation",
+            holding.len(),
+            held.len()
+        );
         heal(&r.funding_path).await;
         let races = ids.iter().enumerate().map(|(k, id)| {
             let r = &r;
@@ -519,16 +578,25 @@ async fn retry_races_abandon(backend: Backend, rounds: u32, per_round: u32) {
             }
         });
         for (id, retried, abandoned) in futures::future::join_all(races).await {
+            let held = holding.contains(&id);
             match (retried, abandoned) {
                 (Ok(app), Err(e)) => {
                     assert_eq!(reason(&e), "INVALID_STATE", "{id}: {e:?}");
                     assert_ne!(app.status, pb::ApplicationStatus::Parked as i32);
-                    outcomes.0 += 1;
+                    if held {
+                        outcomes.0.0 += 1;
+                    } else {
+                        outcomes.0.1 += 1;
+                    }
                 }
                 (Err(e), Ok(app)) => {
                     assert_eq!(reason(&e), "INVALID_STATE", "{id}: {e:?}");
                     assert_eq!(app.status, pb::ApplicationStatus::Failed as i32);
-                    outcomes.1 += 1;
+                    if held {
+                        outcomes.1.0 += 1;
+                    } else {
+                        outcomes.1.1 += 1;
+                    }
                 }
                 (retried, abandoned) => {
                     panic!("{id}: exactly one decision must win: {retried:?} / {abandoned:?}")
@@ -554,7 +622,12 @@ async fn retry_races_abandon(backend: Backend, rounds: u32, per_round: u32) {
                     assert_eq!(r.in_flight(id).await, 2, "{id}");
                 }
                 pb::ApplicationStatus::Failed => {
-                    assert!(loans.iter().all(|l| l == "VOID"), "{id}: {loans:?}");
+                    if holding.contains(id) {
+                        // ABANDON voided the reservation the journey held.
+                        assert_eq!(loans, vec!["VOID"], "{id}");
+                    } else {
+                        assert!(loans.iter().all(|l| l == "VOID"), "{id}: {loans:?}");
+                    }
                     assert_eq!(r.in_flight(id).await, 0, "{id}");
                     let s = statuses(&app);
                     assert!(
@@ -575,12 +648,22 @@ async fn retry_races_abandon(backend: Backend, rounds: u32, per_round: u32) {
             }
         }
     }
-    assert_eq!(outcomes.0 + outcomes.1, rounds * per_round);
-    eprintln!(
-        "RETRY won {} times, ABANDON {} times, of {}",
-        outcomes.0,
-        outcomes.1,
+    let ((retry_held, retry_without), (abandon_held, abandon_without)) = outcomes;
+    assert_eq!(
+        retry_held + retry_without + abandon_held + abandon_without,
         rounds * per_round
+    );
+    eprintln!(
+        "RETRY won {} times ({retry_held} over a live reservation), ABANDON {} times \
+         ({abandon_held} voiding a live reservation), of {}",
+        retry_held + retry_without,
+        abandon_held + abandon_without,
+        rounds * per_round
+    );
+    // The race that matters: ABANDON voiding a reservation the journey held.
+    assert!(
+        abandon_held > 0,
+        "ABANDON never won over a live reservation"
     );
     r.stop().await;
 }

@@ -5,15 +5,24 @@
 //! credit and reconciliation. The suite sends the competing calls of each
 //! race at the same moment to different replicas, many times over, seeded:
 //!
-//! 1. disbursement vs release vs expiry on one freshly reserved loan;
-//! 2. 2 to 4 repayments with different request ids on one disbursed loan;
+//! 1. disbursement vs release vs expiry on one freshly reserved loan (a
+//!    third of them sent around the reservation's expiry: before it, after
+//!    it, after its sweep; expiry must win most of those sent after the
+//!    sweep);
+//! 2. 2 to 4 repayments with different request ids on one disbursed loan
+//!    (each below the payoff: every one must be accepted);
 //! 3. one bank transaction reference under two request ids;
 //! 4. compensation (ReleaseFunding by application) racing a reservation of
 //!    the same application still queued in funding's group commit;
 //! 5. a journey owner stalled (pause points before the funding step and
-//!    before each step's commit, and SIGSTOP) until its lease is taken over,
-//!    then woken;
-//! 6. RETRY racing ABANDON on a parked journey.
+//!    before each step's commit, and SIGSTOP) until its lease is taken over
+//!    (every journey's must be), then woken;
+//! 6. RETRY racing ABANDON on a parked journey (most holding a live
+//!    reservation);
+//! 7. a reservation voided (released, expired) or disbursed under a journey
+//!    parked holding it, then RETRY (before or at once); and under a journey
+//!    whose owner holds the answer but has not committed it: the
+//!    application must end agreeing with the loan.
 //!
 //! Scenarios 1 to 4 run again on SQLite (`colend up`, one process).
 //!
@@ -24,7 +33,7 @@
 //! and the bank's C2/C3 exposure must equal what the live loans hold.
 //!
 //! `COLEND_RACE_ITERATIONS` sets the iterations of scenarios 1 to 4 on
-//! PostgreSQL (default 200; scenarios 5 and 6 run a third of it, SQLite a
+//! PostgreSQL (default 200; scenarios 5 to 7 run a third of it, SQLite a
 //! quarter); `COLEND_RACE_SEED` the seed (default: from the clock; printed
 //! in the report and on failure); `COLEND_RACE_SCENARIOS` a subset (e.g.
 //! "1,2"); `COLEND_RACE_BIN` another `colend` binary to race. The report
@@ -322,6 +331,28 @@ impl Mesh {
             }
             for r in q.fetch_all(&self.acq_db).await.expect("reads applications") {
                 out.insert(r.get::<String, _>(0), r.get::<String, _>(1));
+            }
+        }
+        out
+    }
+
+    /// application id → (status, reason codes as stored, comma-separated).
+    async fn applications(&self, ids: &[String]) -> HashMap<String, (String, String)> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(200) {
+            let marks = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT application_id, status, reason_codes FROM applications WHERE application_id IN ({marks})"
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.acq_db).await.expect("reads applications") {
+                out.insert(r.get::<String, _>(0), (r.get(1), r.get(2)));
             }
         }
         out
@@ -788,23 +819,83 @@ async fn with_reserved_loans<F, Fut>(
 const S1: (&str, &str) = (
     "1. disbursement vs release vs expiry",
     "BookDisbursement (bank) on one funding replica and ReleaseFunding (by loan id) on the other, \
-     at once, on a loan just reserved by a journey; a third of them at the moment the loan's \
-     reservation expires (TTL 6 s, sweeper every second on both replicas)",
+     at once, on a loan just reserved by a journey; a third of them around the reservation's \
+     expiry (TTL 8 s, sweepers every second): 50 to 500 ms before it, up to 700 ms after it \
+     (before the sweep, mostly), or 1.3 to 1.8 s after it (swept)",
 );
+
+/// When an iteration of scenario 1 sends its two calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum When {
+    /// As soon as the journey has reserved the loan.
+    AtOnce,
+    /// 50 to 500 ms before the reservation expires: the disbursement may win.
+    BeforeExpiry,
+    /// Up to 700 ms after it, before the sweep mostly: the disbursement is
+    /// refused (expired), the release voids the loan unless a sweep did.
+    AfterExpiry,
+    /// 1.3 to 1.8 s after it: a sweeper (every second) has voided it, and
+    /// the release finds it VOID.
+    AfterSweep,
+}
+
+impl When {
+    /// Six in nine at once, one each around the expiry.
+    fn of(i: usize) -> When {
+        match i % 9 {
+            6 => When::BeforeExpiry,
+            7 => When::AfterExpiry,
+            8 => When::AfterSweep,
+            _ => When::AtOnce,
+        }
+    }
+
+    /// Milliseconds from the expiry.
+    fn offset(self, rng: &mut StdRng) -> i64 {
+        match self {
+            When::AtOnce => 0,
+            When::BeforeExpiry => -rng.random_range(50..500),
+            When::AfterExpiry => rng.random_range(0..700),
+            When::AfterSweep => rng.random_range(1_300..1_800),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            When::AtOnce => "at once",
+            When::BeforeExpiry => "just before the expiry",
+            When::AfterExpiry => "just after the expiry",
+            When::AfterSweep => "after the expiry's sweep",
+        }
+    }
+}
+
+/// What one iteration of scenario 1 left, judged once the loan events have
+/// reached acquisition.
+struct S1Race {
+    app: String,
+    loan_id: String,
+    when: When,
+    /// The calls went out after the reservation expired.
+    late: bool,
+    /// The loan as it ended: DISBURSED or VOID (with the release's OK VOID).
+    loan_status: String,
+    /// The release answered OK VOID and the disbursement INVALID_STATE.
+    void_won: bool,
+}
 
 async fn s1(ctx: &Ctx, people: &mut People, n: usize, rng: &mut StdRng) -> Outcome {
     let outcome: Shared = Arc::default();
-    let plan: Vec<(usize, bool, i64)> = (0..n)
-        .map(|_| {
-            (
-                rng.random_range(0..2),
-                rng.random_range(0..3) == 0,
-                rng.random_range(-400..900),
-            )
+    let plan: Vec<(usize, When, i64)> = (0..n)
+        .map(|i| {
+            let when = When::of(i);
+            (rng.random_range(0..2), when, when.offset(rng))
         })
         .collect();
     let plan = Arc::new(plan);
+    let races: Arc<Mutex<Vec<S1Race>>> = Arc::default();
     let o = outcome.clone();
+    let done = races.clone();
     with_reserved_loans(
         ctx,
         people,
@@ -812,22 +903,24 @@ async fn s1(ctx: &Ctx, people: &mut People, n: usize, rng: &mut StdRng) -> Outco
         n,
         16,
         &outcome,
-        move |i, _app, loan_id| {
-            let (ctx, outcome, plan) = (ctx.clone(), o.clone(), plan.clone());
+        move |i, app, loan_id| {
+            let (ctx, outcome, plan, done) = (ctx.clone(), o.clone(), plan.clone(), done.clone());
             async move {
-                let (first, at_expiry, jitter) = plan[i];
+                let (first, mut when, offset) = plan[i];
                 let mesh = &ctx.mesh;
-                let mut waited = false;
-                if at_expiry {
-                    let l = mesh.loan(&loan_id).await;
-                    let expires = l
-                        .reservation_expires_at
-                        .map(|t| t.seconds * 1000 + t.nanos as i64 / 1_000_000)
-                        .unwrap_or(0);
-                    let wait = expires + jitter - colend_platform::time::now_millis();
-                    // Only reservations that expire soon (made with the short TTL).
-                    if wait < 15_000 {
-                        waited = true;
+                let l = mesh.loan(&loan_id).await;
+                let expires = l
+                    .reservation_expires_at
+                    .map(|t| t.seconds * 1000 + t.nanos as i64 / 1_000_000)
+                    .unwrap_or(0);
+                if when != When::AtOnce {
+                    let wait = expires + offset - colend_platform::time::now_millis();
+                    if wait > 60_000 {
+                        // Not a short-lived reservation (another binary's
+                        // settings): raced at once instead.
+                        lock(&outcome).count("planned at the expiry, raced at once: the reservation lives long");
+                        when = When::AtOnce;
+                    } else {
                         tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
                     }
                 }
@@ -842,7 +935,9 @@ async fn s1(ctx: &Ctx, people: &mut People, n: usize, rng: &mut StdRng) -> Outco
                     };
                     async move { rpc!(f, release_funding, internal(&p, msg.clone())) }
                 };
+                let sent = colend_platform::time::now_millis();
                 let (d, r) = tokio::join!(mesh.disburse(first, &loan_id, today()), release);
+                let late = sent > expires;
                 let after = mesh.loan(&loan_id).await;
                 let final_status = fund::LoanStatus::try_from(after.status)
                     .map(|s| {
@@ -861,16 +956,18 @@ async fn s1(ctx: &Ctx, people: &mut People, n: usize, rng: &mut StdRng) -> Outco
                 let why = |o: &mut Outcome, what: &str| {
                     o.count(format!("✗ {what}"));
                     o.broke(format!(
-                        "{loan_id}: {what} (disbursement {}, release {}, loan now {final_status})",
+                        "{loan_id} ({}): {what} (disbursement {}, release {}, loan now {final_status})",
+                        when.name(),
                         d.as_ref().map(|_| "OK".to_string()).unwrap_or_else(refusal),
                         r.as_ref()
                             .map(|x| format!("OK {:?}", x.loan.as_ref().map(|l| l.status)))
                             .unwrap_or_else(refusal),
                     ))
                 };
-                if waited {
-                    o.count("raced at the reservation's expiry");
+                if late && when == When::AtOnce {
+                    o.count("sent at once, yet after the expiry (a slow journey)");
                 }
+                let mut void_won = false;
                 match (&d, &r) {
                     (Ok(l), Ok(_)) => {
                         ctx.disbursed(l);
@@ -882,8 +979,13 @@ async fn s1(ctx: &Ctx, people: &mut People, n: usize, rng: &mut StdRng) -> Outco
                             why(&mut o, "the release lost with an unexpected refusal");
                         } else if final_status != "DISBURSED" {
                             why(&mut o, "disbursed, but the loan is not DISBURSED");
+                        } else if late {
+                            why(&mut o, "disbursed though sent after the reservation expired");
                         } else {
-                            o.count("disbursement won (release INVALID_STATE)");
+                            o.count(format!(
+                                "disbursement won (release INVALID_STATE), {}",
+                                when.name()
+                            ));
                         }
                     }
                     (Err(e), Ok(_)) => {
@@ -892,18 +994,14 @@ async fn s1(ctx: &Ctx, people: &mut People, n: usize, rng: &mut StdRng) -> Outco
                         } else if !released || final_status != "VOID" {
                             why(&mut o, "released, but the loan is not VOID");
                         } else {
-                            o.count(
-                            "void won: release OK VOID (its own void or the expiry sweep's), disbursement INVALID_STATE",
-                        );
+                            // Who voided it (the release, or the sweep before
+                            // it) is told by the event acquisition recorded.
+                            void_won = true;
                         }
                     }
-                    (Err(e1), Err(e2)) => {
-                        if is_invalid_state(e1) && is_invalid_state(e2) && final_status == "VOID" {
-                            o.count("expiry won (both INVALID_STATE)");
-                        } else {
-                            why(&mut o, "both refused");
-                        }
-                    }
+                    // A release by loan id fails only on a disbursed loan
+                    // (voiding is idempotent: a VOID loan answers OK VOID).
+                    (Err(_), Err(_)) => why(&mut o, "both refused"),
                 }
                 if final_status == "DISBURSED" && d.is_err() {
                     why(
@@ -911,6 +1009,15 @@ async fn s1(ctx: &Ctx, people: &mut People, n: usize, rng: &mut StdRng) -> Outco
                         "the loan is DISBURSED but no disbursement was accepted",
                     );
                 }
+                drop(o);
+                done.lock().unwrap_or_else(|e| e.into_inner()).push(S1Race {
+                    app,
+                    loan_id,
+                    when,
+                    late,
+                    loan_status: final_status,
+                    void_won,
+                });
             }
         },
     )
@@ -919,7 +1026,69 @@ async fn s1(ctx: &Ctx, people: &mut People, n: usize, rng: &mut StdRng) -> Outco
         .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
         .unwrap_or_default();
     o.iterations = n;
+    let races = std::mem::take(&mut *races.lock().unwrap_or_else(|e| e.into_inner()));
+    s1_judge(ctx, races, &mut o).await;
     o
+}
+
+/// Once funding's loan events have reached acquisition: each application
+/// agrees with its loan (DISBURSED, or FUNDING_REJECTED over a VOID loan),
+/// and the event tells who voided a loan: the release (RESERVATION_RELEASED)
+/// or the expiry sweep (RESERVATION_EXPIRED). Expiry must have won most of
+/// the races sent after its sweep.
+async fn s1_judge(ctx: &Ctx, races: Vec<S1Race>, o: &mut Outcome) {
+    let _ = colend::invariants::settle(&ctx.mesh.backends, 60).await;
+    let ids: Vec<String> = races.iter().map(|r| r.app.clone()).collect();
+    let apps = ctx.mesh.applications(&ids).await;
+    let (mut after_sweep, mut expiry_won) = (0, 0);
+    for r in &races {
+        if r.when == When::AfterSweep {
+            after_sweep += 1;
+        }
+        let (status, reasons) = apps.get(&r.app).cloned().unwrap_or_default();
+        let agrees = match r.loan_status.as_str() {
+            "DISBURSED" => status == "DISBURSED",
+            "VOID" => status == "FUNDING_REJECTED",
+            _ => false,
+        };
+        if !agrees {
+            o.count("✗ the application disagrees with its loan");
+            o.broke(format!(
+                "{} ({}): the application is {status} over a {} loan",
+                r.loan_id,
+                r.when.name(),
+                r.loan_status
+            ));
+            continue;
+        }
+        if !r.void_won {
+            continue;
+        }
+        if reasons.contains("RESERVATION_EXPIRED") {
+            expiry_won += 1;
+            o.count(format!(
+                "expiry won (swept; release OK VOID, disbursement INVALID_STATE), {}",
+                r.when.name()
+            ));
+        } else if r.late {
+            o.count(format!(
+                "void won: the release voided it, the disbursement refused as expired, {}",
+                r.when.name()
+            ));
+        } else {
+            o.count(format!(
+                "void won: the release voided it (disbursement INVALID_STATE), {}",
+                r.when.name()
+            ));
+        }
+    }
+    if after_sweep > 0 && expiry_won * 2 < after_sweep {
+        o.count("✗ expiry rarely won");
+        o.broke(format!(
+            "expiry won {expiry_won} times, yet {after_sweep} races were sent after its sweep: \
+             the scenario did not race the expiry"
+        ));
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -929,7 +1098,7 @@ const S2: (&str, &str) = (
     "2. concurrent repayments",
     "2 to 4 BookRepayment calls with different request ids and bank references, at once, on one \
      disbursed loan, spread over both funding replicas; disbursed 0 to 75 days ago, so some pay \
-     overdue instalments and penalty",
+     overdue instalments and penalty; together below the payoff, so every one must be accepted",
 );
 
 /// Disburses a loan (or reports why not) and starts its model.
@@ -1069,19 +1238,34 @@ async fn s2(ctx: &Ctx, people: &mut People, n: usize, rng: &mut StdRng) -> Outco
                 let answers = futures::future::join_all(calls).await;
                 let mut o2 = Outcome::default();
                 let mut accepted = Vec::new();
-                for a in &answers {
+                let mut refused = Vec::new();
+                for (j, a) in answers.iter().enumerate() {
                     match a {
                         Ok(r) => accepted.extend(r.repayment.clone()),
-                        Err(s) => o2.count(format!("repayment refused {}", refusal(s))),
+                        // Every amount is below the payoff: nothing may be
+                        // refused, so a refusal breaks the iteration (else a
+                        // race refusing every repayment would compare nothing).
+                        Err(s) => {
+                            o2.count(format!("✗ repayment refused {}", refusal(s)));
+                            refused.push(format!(
+                                "repayment {j} of {} refused: {}",
+                                amounts[j],
+                                refusal(s)
+                            ));
+                        }
                     }
                 }
-                let ok = compare(&ctx, &loan_id, &start, &accepted, &mut o2).await;
+                if !refused.is_empty() {
+                    o2.broke(format!("{loan_id}: {}", refused.join("; ")));
+                }
+                let ok =
+                    compare(&ctx, &loan_id, &start, &accepted, &mut o2).await && refused.is_empty();
                 let mut o = lock(&outcome);
                 for (k2, v) in o2.tally {
                     *o.tally.entry(k2).or_default() += v;
                 }
-                for s in o2.samples {
-                    o.broke(s);
+                if o2.broken > 0 {
+                    o.broke(o2.samples.join("; "));
                 }
                 if ok {
                     o.count(format!("{} of {k} accepted, books = model", accepted.len()));
@@ -1357,7 +1541,8 @@ const S5: (&str, &str) = (
     "acquisition-1 takes the journeys (lease 1 s) and stalls 1.5 s at its pause points (before \
      the funding step, and before every step's commit with the step's result in hand); in half \
      the batches it is also stopped (SIGSTOP) for 3 s at a random moment. acquisition-2's \
-     sweeper (every 0.5 s) takes the leases over and finishes the journeys; then the owner wakes",
+     sweeper (every 0.5 s) takes the leases over (every journey's must change hands) and \
+     finishes the journeys; then the owner wakes",
 );
 
 async fn s5(
@@ -1477,9 +1662,13 @@ async fn s5(
             ));
         }
     }
-    // How often leases changed hands (fenced journeys count every taking;
-    // leases without an epoch count nothing).
-    let mut taken_over = Some(0);
+    // Every journey stalled at a pause point longer than its lease (each
+    // step's commit waits 1.5 s, the lease lasts 1 s), so every lease must
+    // have changed hands: a journey still at epoch 1 means the pause points
+    // stopped firing and the scenario raced nothing. Leases without an epoch
+    // (an older binary) cannot tell, and are only reported.
+    let mut taken_over = 0;
+    let mut epochs = true;
     for id in &all {
         let epoch: Result<(i64,), _> =
             sqlx::query_as("SELECT lease_epoch FROM applications WHERE application_id = $1")
@@ -1487,13 +1676,26 @@ async fn s5(
                 .fetch_one(&ctx.mesh.acq_db)
                 .await;
         match epoch {
-            Ok((e,)) if e > 1 => taken_over = taken_over.map(|n| n + 1),
-            Ok(_) => {}
-            Err(_) => taken_over = None,
+            Ok((e,)) if e > 1 => taken_over += 1,
+            Ok((e,)) => {
+                o.count("✗ lease never taken over");
+                o.broke(format!(
+                    "{id}: lease_epoch {e}: its lease was never taken over (did the pause points fire?)"
+                ));
+            }
+            Err(_) => epochs = false,
         }
     }
-    if let Some(n) = taken_over {
-        o.note("journeys whose lease was taken over (lease_epoch > 1)", n);
+    if epochs {
+        o.note(
+            "journeys whose lease was taken over (lease_epoch > 1)",
+            taken_over,
+        );
+    } else {
+        o.note(
+            "lease epochs not stored (take-overs not counted)",
+            all.len(),
+        );
     }
     c.restart("acquisition-1", &[]).await;
     c.restart("acquisition-2", &[]).await;
@@ -1505,9 +1707,10 @@ async fn s5(
 
 const S6: (&str, &str) = (
     "6. RETRY vs ABANDON on a parked journey",
-    "journeys parked at the funding step (acquisition-1 reaches funding through a proxy that \
-     drops the answers, so most hold a live reservation, or forwards nothing); then \
-     ResumeApplication RETRY on one acquisition replica and ABANDON on the other, at once",
+    "journeys parked at the funding step (acquisition-1 reaches funding through a proxy that, \
+     in three batches out of four, drops the answers, so those hold a live reservation, and in the \
+     fourth forwards nothing); then ResumeApplication RETRY on one acquisition replica and \
+     ABANDON on the other, at once",
 );
 
 async fn s6(
@@ -1572,7 +1775,9 @@ async fn s6(
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        proxy.set(if rng.random_range(0..4) == 0 {
+        // Three batches in four lose funding's answers (the reservation is
+        // made: the journey parks holding it), the fourth reaches nothing.
+        proxy.set(if b % 4 == 3 {
             Mode::BlackHole
         } else {
             Mode::DropResponses
@@ -1596,6 +1801,14 @@ async fn s6(
         .filter(|id| loans_before.get(*id).is_some_and(|l| l.1 == "RESERVED"))
         .count();
     o.note("parked holding a live reservation", with_reservation);
+    // The race that matters is over a live reservation: most journeys must
+    // park holding one (every DropResponses batch does).
+    if with_reservation * 2 < parked.len() {
+        o.broke(format!(
+            "only {with_reservation} of {} parked journeys held a live reservation: the race was mostly over nothing",
+            parked.len()
+        ));
+    }
     let plan: Vec<usize> = (0..parked.len()).map(|_| rng.random_range(0..2)).collect();
     let answers = futures::future::join_all(parked.iter().zip(plan).map(|(id, first)| {
         let mesh = ctx.mesh.clone();
@@ -1639,12 +1852,21 @@ async fn s6(
             }
             _ => {}
         }
+        let held = loans_before.get(&id).is_some_and(|l| l.1 == "RESERVED");
+        let over = if held {
+            "over a live reservation"
+        } else {
+            "without a reservation"
+        };
         match (status.as_str(), loan.as_deref()) {
             ("FUNDS_RESERVED", Some("RESERVED")) if r.is_ok() => {
-                o.count("RETRY won: FUNDS_RESERVED over a live loan")
+                o.count(format!("RETRY won {over}: FUNDS_RESERVED over a live loan"))
             }
-            ("FAILED", None | Some("VOID")) if a.is_ok() => {
-                o.count("ABANDON won: FAILED, no live loan")
+            ("FAILED", Some("VOID")) if a.is_ok() && held => {
+                o.count("ABANDON won over a live reservation: FAILED, the loan voided")
+            }
+            ("FAILED", None | Some("VOID")) if a.is_ok() && !held => {
+                o.count("ABANDON won without a reservation: FAILED, no live loan")
             }
             ("FUNDING_REJECTED", _) if r.is_ok() && a.is_err() => problems.push(
                 "RETRY won, yet the refused ABANDON closed the application to funding".into(),
@@ -1663,6 +1885,473 @@ async fn s6(
     c.restart("acquisition-1", &[]).await;
     drop(proxy);
     o
+}
+
+// ---------------------------------------------------------------------------
+// 7. A void or a disbursement under a parked or approved journey.
+
+/// The reservations' lifetime on funding-1 while scenario 7 runs, seconds.
+const S7_TTL_SECS: &str = "8";
+
+const S7: (&str, &str) = (
+    "7. void or disbursement under a parked or approved journey",
+    "(a) journeys parked at APPROVED holding a reservation (acquisition-1 reaches funding-1, \
+     reservations living 8 s, through a proxy that drops the answers); then the bank releases \
+     the loan by id or disburses it, before the operator's RETRY or at the same moment, or the \
+     reservation expires and is swept before the RETRY; RETRY on either acquisition replica. \
+     (b) at the same time, journeys on acquisition-2 stalled 1.5 s before each step's commit: \
+     the loan is released or disbursed as soon as it is reserved, while the application is \
+     still APPROVED, so funding's event reaches acquisition before the journey commits",
+);
+
+/// What befalls the loan of a scenario 7 journey.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    /// Parked: released by loan id, then RETRY.
+    Release,
+    /// Parked: released by loan id and RETRY at the same moment.
+    ReleaseWithRetry,
+    /// Parked: disbursed, then RETRY.
+    Disburse,
+    /// Parked: disbursed and RETRY at the same moment.
+    DisburseWithRetry,
+    /// Parked: left to expire; RETRY once the sweep voided it.
+    Expire,
+    /// Approved, its owner stalled before the commit: released.
+    ReleaseInWindow,
+    /// Approved, its owner stalled before the commit: disbursed.
+    DisburseInWindow,
+}
+
+impl Act {
+    const PARKED: [Act; 5] = [
+        Act::Release,
+        Act::ReleaseWithRetry,
+        Act::Disburse,
+        Act::DisburseWithRetry,
+        Act::Expire,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Act::Release => "parked, released, then RETRY",
+            Act::ReleaseWithRetry => "parked, released with RETRY at once",
+            Act::Disburse => "parked, disbursed, then RETRY",
+            Act::DisburseWithRetry => "parked, disbursed with RETRY at once",
+            Act::Expire => "parked, expired and swept, then RETRY",
+            Act::ReleaseInWindow => "approved, released before the journey's commit",
+            Act::DisburseInWindow => "approved, disbursed before the journey's commit",
+        }
+    }
+
+    /// The loan is voided or disbursed before the RETRY is sent: the
+    /// journey, retried, never records FUNDS_RESERVED.
+    fn before_retry(self) -> bool {
+        matches!(self, Act::Release | Act::Disburse | Act::Expire)
+    }
+
+    fn disburses(self) -> bool {
+        matches!(
+            self,
+            Act::Disburse | Act::DisburseWithRetry | Act::DisburseInWindow
+        )
+    }
+}
+
+/// One journey of scenario 7 and what was sent for it.
+struct S7Race {
+    app: String,
+    loan_id: String,
+    act: Act,
+    /// The bank's call (release or disbursement), if one was sent.
+    bank: Option<Result<(), tonic::Status>>,
+    /// The operator's RETRY, if one was sent.
+    retry: Option<Result<(), tonic::Status>>,
+    /// The bank's call landed while the application was still APPROVED.
+    in_window: bool,
+}
+
+async fn s7(
+    c: &mut Cluster,
+    ctx: &Ctx,
+    people: &mut People,
+    n: usize,
+    rng: &mut StdRng,
+) -> Outcome {
+    let mut o = Outcome::default();
+    let (na, nb) = (n.div_ceil(2), n / 2);
+    let proxy = FaultProxy::start(c.port("funding-1")).await;
+    let via = proxy.url();
+    c.restart(
+        "funding-1",
+        &[("COLEND_FUNDING_RESERVATION_TTL_SECS", S7_TTL_SECS)],
+    )
+    .await;
+    c.restart(
+        "acquisition-1",
+        &[
+            ("COLEND_FUNDING_URL", via.as_str()),
+            ("COLEND_CALL_TIMEOUT_MS", "2000"),
+            ("COLEND_JOURNEY_STEP_ATTEMPTS", "2"),
+            ("COLEND_JOURNEY_BACKOFF_MS", "50"),
+            ("COLEND_PAUSE_AT", "acquisition.journey.before_funding:2500"),
+        ],
+    )
+    .await;
+    c.restart(
+        "acquisition-2",
+        &[("COLEND_PAUSE_AT", "acquisition.journey.before_commit:1500")],
+    )
+    .await;
+    let owner = AcquisitionServiceClient::new(
+        colend_platform::grpc::channel(&c.url("acquisition-1")).expect("channel"),
+    );
+    let plan_a: Vec<(Act, usize, usize)> = (0..na)
+        .map(|i| {
+            (
+                Act::PARKED[i % Act::PARKED.len()],
+                rng.random_range(0..2),
+                rng.random_range(0..2),
+            )
+        })
+        .collect();
+    let plan_b: Vec<(Act, usize)> = (0..nb)
+        .map(|i| {
+            let act = if i % 2 == 0 {
+                Act::ReleaseInWindow
+            } else {
+                Act::DisburseInWindow
+            };
+            (act, rng.random_range(0..2))
+        })
+        .collect();
+    let (batch_a, batch_b) = (people.good(na), people.good(nb));
+    let (mut oa, mut ob) = (Outcome::default(), Outcome::default());
+    let (parked, approved) = tokio::join!(
+        s7_parked(ctx, &owner, &proxy, batch_a, plan_a, &mut oa),
+        s7_window(ctx, batch_b, plan_b, &mut ob),
+    );
+    for x in [oa, ob] {
+        for (k, v) in x.tally {
+            *o.tally.entry(k).or_default() += v;
+        }
+        o.broken += x.broken;
+        o.samples.extend(x.samples);
+        o.samples.truncate(5);
+    }
+    if parked.len() * 2 < na {
+        o.broke(format!(
+            "only {} of {na} journeys parked holding a reservation",
+            parked.len()
+        ));
+    }
+    let in_window = approved.iter().filter(|r| r.in_window).count();
+    o.note(
+        "(b): the bank's call landed while the application was APPROVED",
+        in_window,
+    );
+    if in_window * 2 < nb {
+        o.broke(format!(
+            "only {in_window} of {nb} releases or disbursements landed before the journey's commit"
+        ));
+    }
+    let races: Vec<S7Race> = parked.into_iter().chain(approved).collect();
+    o.iterations = races.len();
+    s7_judge(ctx, &races, &mut o).await;
+    c.restart("acquisition-1", &[]).await;
+    c.restart("acquisition-2", &[]).await;
+    c.restart("funding-1", &[]).await;
+    drop(proxy);
+    o
+}
+
+/// Releases (by loan id) or disburses a loan on funding replica `replica`;
+/// an accepted disbursement is booked in the model.
+async fn bank_call(
+    ctx: &Ctx,
+    replica: usize,
+    loan_id: &str,
+    disburse: bool,
+) -> Result<(), tonic::Status> {
+    if disburse {
+        let l = ctx.mesh.disburse(replica, loan_id, today()).await?;
+        ctx.disbursed(&l);
+        return Ok(());
+    }
+    let f = ctx.mesh.fun(replica);
+    let p = ctx.mesh.partner.clone();
+    let msg = fund::ReleaseFundingRequest {
+        request_id: format!("race-s7-release-{loan_id}"),
+        loan_id: loan_id.to_string(),
+        reason: "the bank withdrew the offer".into(),
+        application_id: String::new(),
+    };
+    rpc!(f, release_funding, internal(&p, msg.clone())).map(|_| ())
+}
+
+async fn retry(ctx: &Ctx, replica: usize, id: &str) -> Result<(), tonic::Status> {
+    let client = ctx.mesh.acq(replica);
+    let msg = acq::ResumeApplicationRequest {
+        request_id: format!("race-s7-retry-{id}"),
+        application_id: id.to_string(),
+        action: acq::ResumeAction::Retry as i32,
+        operator: "ops.race".into(),
+        reason: "race".into(),
+    };
+    rpc!(client, resume_application, as_bank(msg.clone())).map(|_| ())
+}
+
+/// (a): journeys parked at APPROVED holding a reservation, then a release,
+/// a disbursement or the expiry, and the RETRY.
+async fn s7_parked(
+    ctx: &Ctx,
+    owner: &AcquisitionServiceClient<Channel>,
+    proxy: &FaultProxy,
+    batch: Vec<colend::borrowers::Borrower>,
+    plan: Vec<(Act, usize, usize)>,
+    o: &mut Outcome,
+) -> Vec<S7Race> {
+    let subs = batch.iter().enumerate().map(|(i, bw)| {
+        let client = owner.clone();
+        let p = ctx.mesh.partner.clone();
+        let msg = colend::demo::application(format!("race-s7a-{i}"), format!("ref-s7a-{i}"), bw);
+        async move {
+            rpc!(client, submit_application, as_partner(&p, msg.clone()))
+                .expect("submits")
+                .application
+                .map(|a| a.application_id)
+                .unwrap_or_default()
+        }
+    });
+    let ids: Vec<String> = futures::future::join_all(subs).await;
+    // Past the credit step (which reads funding too), then cut.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = ctx.mesh.statuses(&ids).await;
+        if s.values().all(|v| v != "SUBMITTED" && v != "KYC_PASSED") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "journeys never reached the funding step"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.set(Mode::DropResponses);
+    let statuses = ctx.mesh.settled(&ids, 60).await;
+    proxy.set(Mode::Reset);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.set(Mode::Pass(Duration::ZERO));
+    let loans = ctx.mesh.loans_of(&ids).await;
+    let mut raced = Vec::new();
+    for (id, (act, bank_replica, acq_replica)) in ids.into_iter().zip(plan) {
+        let status = statuses.get(&id).cloned().unwrap_or_default();
+        match loans.get(&id) {
+            Some((loan, s)) if status == "PARKED" && s == "RESERVED" => {
+                raced.push((id, loan.clone(), act, bank_replica, acq_replica))
+            }
+            _ => o.count(format!("(a) not parked holding a reservation: {status}")),
+        }
+    }
+    let races = raced
+        .into_iter()
+        .map(|(id, loan_id, act, bank_replica, acq_replica)| async move {
+            let (bank, retried) = match act {
+                Act::Release | Act::Disburse => {
+                    let b = bank_call(ctx, bank_replica, &loan_id, act.disburses()).await;
+                    (Some(b), retry(ctx, acq_replica, &id).await)
+                }
+                Act::ReleaseWithRetry | Act::DisburseWithRetry => {
+                    let (b, r) = tokio::join!(
+                        bank_call(ctx, bank_replica, &loan_id, act.disburses()),
+                        retry(ctx, acq_replica, &id)
+                    );
+                    (Some(b), r)
+                }
+                _ => {
+                    let l = ctx.mesh.loan(&loan_id).await;
+                    let expires = l
+                        .reservation_expires_at
+                        .map(|t| t.seconds * 1000 + t.nanos as i64 / 1_000_000)
+                        .unwrap_or(0);
+                    let wait =
+                        (expires + 1_500 - colend_platform::time::now_millis()).clamp(0, 30_000);
+                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                    (None, retry(ctx, acq_replica, &id).await)
+                }
+            };
+            S7Race {
+                app: id,
+                loan_id,
+                act,
+                bank,
+                retry: Some(retried),
+                in_window: false,
+            }
+        });
+    futures::future::join_all(races).await
+}
+
+/// (b): journeys on acquisition-2, stalled before each step's commit; each
+/// loan released or disbursed as soon as it is reserved.
+async fn s7_window(
+    ctx: &Ctx,
+    batch: Vec<colend::borrowers::Borrower>,
+    plan: Vec<(Act, usize)>,
+    o: &mut Outcome,
+) -> Vec<S7Race> {
+    let client = ctx.mesh.acq(1);
+    let subs = batch.iter().enumerate().map(|(i, bw)| {
+        let client = client.clone();
+        let p = ctx.mesh.partner.clone();
+        let msg = colend::demo::application(format!("race-s7b-{i}"), format!("ref-s7b-{i}"), bw);
+        async move {
+            rpc!(client, submit_application, as_partner(&p, msg.clone()))
+                .expect("submits")
+                .application
+                .map(|a| a.application_id)
+                .unwrap_or_default()
+        }
+    });
+    let ids: Vec<String> = futures::future::join_all(subs).await;
+    let mut plan: HashMap<String, (Act, usize)> = ids.iter().cloned().zip(plan).collect();
+    let mut tasks = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !plan.is_empty() {
+        let pending: Vec<String> = plan.keys().cloned().collect();
+        let loans = ctx.mesh.loans_of(&pending).await;
+        let statuses = ctx.mesh.statuses(&pending).await;
+        for id in pending {
+            let status = statuses.get(&id).map(String::as_str).unwrap_or("");
+            match loans.get(&id) {
+                Some((loan_id, s)) if s == "RESERVED" => {
+                    let Some((act, replica)) = plan.remove(&id) else {
+                        continue;
+                    };
+                    let (ctx, loan_id) = (ctx.clone(), loan_id.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let bank = bank_call(&ctx, replica, &loan_id, act.disburses()).await;
+                        let now = ctx.mesh.statuses(std::slice::from_ref(&id)).await;
+                        let in_window = now.get(&id).is_some_and(|s| s == "APPROVED");
+                        S7Race {
+                            app: id,
+                            loan_id,
+                            act,
+                            bank: Some(bank),
+                            retry: None,
+                            in_window,
+                        }
+                    }));
+                }
+                _ if !matches!(status, "" | "SUBMITTED" | "KYC_PASSED" | "APPROVED") => {
+                    plan.remove(&id);
+                    o.count(format!(
+                        "(b) ended {status} without a live loan (not raced)"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} journeys never reserved funds",
+            plan.len()
+        );
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(r) => out.push(r),
+            Err(e) => o.broke(format!("a race task failed: {e}")),
+        }
+    }
+    out
+}
+
+/// Once every journey settled and funding's events reached acquisition:
+/// each application agrees with its loan (a VOID loan: FUNDING_REJECTED,
+/// the borrower released; a disbursed one: DISBURSED), and a journey whose
+/// loan was voided or disbursed before its RETRY never recorded
+/// FUNDS_RESERVED.
+async fn s7_judge(ctx: &Ctx, races: &[S7Race], o: &mut Outcome) {
+    let ids: Vec<String> = races.iter().map(|r| r.app.clone()).collect();
+    let _ = ctx.mesh.settled(&ids, 60).await;
+    let _ = colend::invariants::settle(&ctx.mesh.backends, 60).await;
+    let apps = ctx.mesh.applications(&ids).await;
+    let loans = ctx.mesh.loans_of(&ids).await;
+    for r in races {
+        let (status, _) = apps.get(&r.app).cloned().unwrap_or_default();
+        let loan = loans.get(&r.app).map(|l| l.1.clone()).unwrap_or_default();
+        let history: Vec<String> = sqlx::query_as::<_, (String,)>(
+            "SELECT status FROM application_events WHERE application_id = $1 ORDER BY occurred_at, event_id",
+        )
+        .bind(&r.app)
+        .fetch_all(&ctx.mesh.acq_db)
+        .await
+        .expect("reads history")
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+        let (in_flight,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM inflight_borrowers WHERE application_id = $1")
+                .bind(&r.app)
+                .fetch_one(&ctx.mesh.acq_db)
+                .await
+                .expect("reads the borrowers in flight");
+        let answer = |x: &Option<Result<(), tonic::Status>>| match x {
+            None => "-".to_string(),
+            Some(Ok(())) => "OK".to_string(),
+            Some(Err(s)) => refusal(s),
+        };
+        let mut problems = Vec::new();
+        match (loan.as_str(), status.as_str()) {
+            ("VOID", "FUNDING_REJECTED") if in_flight == 0 => {}
+            ("VOID", "FUNDING_REJECTED") => problems.push("the borrower is still in flight".into()),
+            ("DISBURSED", "DISBURSED") => {}
+            (l, s) => problems.push(format!("the application is {s} over a {l} loan")),
+        }
+        if r.act.before_retry() && history.iter().any(|s| s == "FUNDS_RESERVED") {
+            problems.push("FUNDS_RESERVED recorded after the loan was voided or disbursed".into());
+        }
+        match (&r.retry, r.act.disburses()) {
+            (None | Some(Ok(())), _) => {}
+            // The disbursement's event may reach the parked application
+            // first (PARKED → DISBURSED): nothing left to retry.
+            (Some(Err(e)), true) if is_invalid_state(e) => {}
+            (Some(Err(e)), _) => problems.push(format!("RETRY refused: {}", refusal(e))),
+        }
+        match (&r.bank, r.act.disburses()) {
+            (None | Some(Ok(())), _) => {}
+            // Past its expiry (a slow park) the reservation cannot be disbursed.
+            (Some(Err(e)), true) if is_invalid_state(e) && loan == "VOID" => {
+                o.count("the disbursement came after the expiry (refused)")
+            }
+            (Some(Err(e)), _) => problems.push(format!("the bank's call refused: {}", refusal(e))),
+        }
+        if problems.is_empty() {
+            o.count(format!(
+                "{}{}: {status} over a {loan} loan",
+                r.act.name(),
+                if r.act.before_retry() || r.retry.is_none() {
+                    String::new()
+                } else {
+                    format!(" (RETRY {})", answer(&r.retry))
+                }
+            ));
+        } else {
+            o.count(format!("✗ {}", r.act.name()));
+            o.broke(format!(
+                "{} / {} ({}; bank {}, RETRY {}): {} (history {history:?})",
+                r.app,
+                r.loan_id,
+                r.act.name(),
+                answer(&r.bank),
+                answer(&r.retry),
+                problems.join("; ")
+            ));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1734,12 +2423,17 @@ async fn races_on_postgres_with_replicas() {
     let few = (n / 3).max(1);
 
     if selected(1) {
-        // Expiry races against the second funding replica's short TTL.
-        c.restart("funding-2", &[("COLEND_FUNDING_RESERVATION_TTL_SECS", "6")])
-            .await;
+        // Expiry races against a short TTL on both funding replicas.
+        let short = [(
+            "COLEND_FUNDING_RESERVATION_TTL_SECS",
+            cluster::SHORT_TTL_SECS,
+        )];
+        c.restart("funding-1", &short).await;
+        c.restart("funding-2", &short).await;
         let t = started(&ctx).await;
         let o = s1(&ctx, &mut people, n, &mut rng(1)).await;
         finish(&mut report, &ctx, PG, S1, o, t).await;
+        c.restart("funding-1", &[]).await;
         c.restart("funding-2", &[]).await;
     }
     if selected(2) {
@@ -1766,6 +2460,11 @@ async fn races_on_postgres_with_replicas() {
         let t = started(&ctx).await;
         let o = s6(&mut c, &ctx, &mut people, few, &mut rng(6)).await;
         finish(&mut report, &ctx, PG, S6, o, t).await;
+    }
+    if selected(7) {
+        let t = started(&ctx).await;
+        let o = s7(&mut c, &ctx, &mut people, few, &mut rng(7)).await;
+        finish(&mut report, &ctx, PG, S7, o, t).await;
     }
     write_report(&report, seed, "concurrency.md");
     c.stop().await;

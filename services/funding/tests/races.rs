@@ -5,10 +5,20 @@
 //! races must end the same way.
 //!
 //! Each race counts what went wrong over many loans and asserts at the end,
-//! so a failure says how often it happened.
+//! so a failure says how often it happened. After each race the partner's
+//! total and daily quota in use and the bank's C2/C3 exposure (to the
+//! partner and overall) must be what the race's live loans hold.
+//!
+//! Concurrent repayments run twice: dated on the disbursement day (nothing
+//! accrues), and on loans disbursed 45 days earlier, past the first due
+//! date, so each repayment posts interest and penalty accruals first; there
+//! every raced loan must end exactly as one control loan repaid the same
+//! amounts one after the other: balances, allocations and ledger postings.
 use colend_contracts::common::v1::{Money, RepaymentMethod};
 use colend_contracts::funding::v1::{self as pb, funding_service_client::FundingServiceClient};
+use colend_platform::Db;
 use colend_testkit::{BOTH, Backend, TempDir, TestServer, as_bank, as_service, reason};
+use std::collections::BTreeMap;
 use tonic::transport::Channel;
 
 const LOANS: usize = 40;
@@ -67,6 +77,7 @@ async fn set_up(c: &mut Client, partner: &str) {
             total_quota: cny(100_000_000_000),
             effective_from: "2026-01-01".into(),
             fee_partner_share_bps: 4_000,
+            penalty_rate_bps: 1_800,
             ..Default::default()
         }),
     }))
@@ -109,10 +120,21 @@ async fn reserve(c: &mut Client, partner: &str, app: &str) -> pb::Loan {
 }
 
 fn disbursement(loan_id: &str, rid: &str, bank_ref: &str) -> pb::BookDisbursementRequest {
+    disbursement_on(loan_id, rid, bank_ref, 0)
+}
+
+/// A disbursement valued `days_ago` days before today.
+fn disbursement_on(
+    loan_id: &str,
+    rid: &str,
+    bank_ref: &str,
+    days_ago: u64,
+) -> pb::BookDisbursementRequest {
+    let day = colend_platform::time::today() - chrono::Days::new(days_ago);
     pb::BookDisbursementRequest {
         request_id: rid.into(),
         loan_id: loan_id.into(),
-        value_date: colend_platform::time::format_date(colend_platform::time::today()),
+        value_date: colend_platform::time::format_date(day),
         bank_transaction_ref: bank_ref.into(),
     }
 }
@@ -141,7 +163,8 @@ async fn get_loan(c: &mut Client, partner: &str, loan_id: &str) -> pb::Loan {
     .unwrap()
 }
 
-/// The partner's total usage and the bank's exposure to it, as funding reports them.
+/// The bank's exposure to all partners (C3) and to `partner` (C2), as
+/// funding reports them.
 async fn usage(c: &mut Client, partner: &str) -> (i64, i64) {
     let r = c
         .get_bank_reference(as_bank(pb::GetBankReferenceRequest {
@@ -151,6 +174,130 @@ async fn usage(c: &mut Client, partner: &str) -> (i64, i64) {
         .unwrap()
         .into_inner();
     (m(&r.co_lent_total), m(&r.partner_co_lent))
+}
+
+/// The partner's total quota in use and its daily quota in use summed over
+/// the days, as funding's counters hold them (no API reports them: read as
+/// `colend check` reads them).
+async fn quota_in_use(db: &Db, partner: &str) -> (i64, i64) {
+    let total: Option<(i64,)> =
+        sqlx::query_as("SELECT used FROM partner_usage WHERE partner_id = $1")
+            .bind(partner)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap();
+    let daily: Vec<(i64,)> =
+        sqlx::query_as("SELECT used FROM partner_daily_usage WHERE partner_id = $1")
+            .bind(partner)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    (total.map_or(0, |t| t.0), daily.iter().map(|d| d.0).sum())
+}
+
+/// A race's partner and the bank's exposure before it began.
+struct Counted {
+    partner: &'static str,
+    all_before: i64,
+}
+
+impl Counted {
+    async fn start(c: &mut Client, partner: &'static str) -> Counted {
+        Counted {
+            partner,
+            all_before: usage(c, partner).await.0,
+        }
+    }
+
+    /// The partner's total and daily quota in use, the bank's exposure to
+    /// it and overall (the change since the race began: the other races'
+    /// partners hold the rest) against what `loans` hold now: a reserved
+    /// loan its amounts, a disbursed one its principal outstanding, a void
+    /// one nothing.
+    async fn check(&self, c: &mut Client, db: &Db, loans: &[String]) -> Vec<String> {
+        let (mut partner_live, mut daily_live, mut bank_live) = (0, 0, 0);
+        for id in loans {
+            let l = get_loan(c, self.partner, id).await;
+            match pb::LoanStatus::try_from(l.status) {
+                Ok(pb::LoanStatus::Void) => {}
+                Ok(pb::LoanStatus::Reserved) => {
+                    partner_live += m(&l.partner_amount);
+                    daily_live += m(&l.partner_amount);
+                    bank_live += m(&l.bank_amount);
+                }
+                _ => {
+                    partner_live += m(&l.partner_outstanding);
+                    daily_live += m(&l.partner_amount);
+                    bank_live += m(&l.bank_outstanding);
+                }
+            }
+        }
+        let (all, to_partner) = usage(c, self.partner).await;
+        let (quota, daily) = quota_in_use(db, self.partner).await;
+        println!(
+            "  {}: quota in use {quota}, daily {daily}, bank exposure to it {to_partner}, overall +{}",
+            self.partner,
+            all - self.all_before
+        );
+        let mut problems = Vec::new();
+        for (what, booked, live) in [
+            ("partner quota in use", quota, partner_live),
+            ("partner daily quota in use", daily, daily_live),
+            ("bank exposure to the partner (C2)", to_partner, bank_live),
+            (
+                "bank exposure to all partners (C3), change",
+                all - self.all_before,
+                bank_live,
+            ),
+        ] {
+            if booked != live {
+                problems.push(format!(
+                    "{what} {booked} != live loans' {live} ({} loans)",
+                    loans.len()
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// Each funder's ledger totals per account: (funder, account) → (debits, credits).
+async fn trial_balance(c: &mut Client) -> BTreeMap<(i32, String), (i64, i64)> {
+    c.get_trial_balance(as_bank(pb::GetTrialBalanceRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .balances
+        .into_iter()
+        .map(|b| ((b.funder, b.account), (m(&b.debits), m(&b.credits))))
+        .collect()
+}
+
+/// What the ledger moved from `before` to `after`, per account.
+fn moved(
+    before: &BTreeMap<(i32, String), (i64, i64)>,
+    after: &BTreeMap<(i32, String), (i64, i64)>,
+) -> BTreeMap<(i32, String), (i64, i64)> {
+    after
+        .iter()
+        .map(|(k, (d, c))| {
+            let (d0, c0) = before.get(k).copied().unwrap_or_default();
+            (k.clone(), (d - d0, c - c0))
+        })
+        .filter(|(_, v)| *v != (0, 0))
+        .collect()
+}
+
+/// A repayment's allocations summed per (funder, component).
+fn allocated(rs: &[pb::Repayment]) -> BTreeMap<(i32, i32), i64> {
+    let mut out = BTreeMap::new();
+    for r in rs {
+        for a in &r.allocations {
+            *out.entry((a.funder, a.component)).or_default() += m(&a.amount);
+        }
+    }
+    out.retain(|_, v| *v != 0);
+    out
 }
 
 fn principal_allocated(r: &pb::Repayment) -> i64 {
@@ -164,13 +311,15 @@ fn principal_allocated(r: &pb::Repayment) -> i64 {
 /// Disbursement on one replica against release on the other, on freshly
 /// reserved loans: exactly one takes effect, and the bank's exposure is what
 /// the live loans hold.
-async fn disbursement_against_release(a: &mut Client, b: &mut Client) -> Vec<String> {
+async fn disbursement_against_release(a: &mut Client, b: &mut Client, db: &Db) -> Vec<String> {
     let partner = "race-dr";
     set_up(a, partner).await;
+    let counted = Counted::start(a, partner).await;
     let mut problems = Vec::new();
-    let mut live_bank = 0;
+    let mut loans = Vec::new();
     for i in 0..LOANS {
         let loan = reserve(a, partner, &format!("dr-{i}")).await;
+        loans.push(loan.loan_id.clone());
         let (mut x, mut y) = (a.clone(), b.clone());
         let id = loan.loan_id.clone();
         let disburse = async move {
@@ -227,28 +376,23 @@ async fn disbursement_against_release(a: &mut Client, b: &mut Client) -> Vec<Str
                 ));
             }
         }
-        if disbursed {
-            live_bank += m(&loan.bank_amount);
-        }
     }
-    let (all, partner_exposure) = usage(a, partner).await;
-    if partner_exposure != live_bank {
-        problems.push(format!(
-            "bank exposure to the partner {partner_exposure} != bank share of live loans {live_bank} (all: {all})"
-        ));
-    }
+    problems.extend(counted.check(a, db, &loans).await);
     problems
 }
 
 /// Concurrent repayments of one loan under different request ids, half of
 /// them on each replica: each one accepted reduces principal outstanding by
 /// exactly its principal allocation.
-async fn concurrent_repayments(a: &mut Client, b: &mut Client) -> Vec<String> {
+async fn concurrent_repayments(a: &mut Client, b: &mut Client, db: &Db) -> Vec<String> {
     let partner = "race-rp";
     set_up(a, partner).await;
+    let counted = Counted::start(a, partner).await;
     let mut problems = Vec::new();
+    let mut loans = Vec::new();
     for i in 0..LOANS {
         let loan = reserve(a, partner, &format!("rp-{i}")).await;
+        loans.push(loan.loan_id.clone());
         a.book_disbursement(as_bank(disbursement(
             &loan.loan_id,
             &format!("{partner}-d-{i}"),
@@ -309,18 +453,146 @@ async fn concurrent_repayments(a: &mut Client, b: &mut Client) -> Vec<String> {
             ));
         }
     }
+    problems.extend(counted.check(a, db, &loans).await);
+    problems
+}
+
+/// How many days before today the overdue variant's loans are disbursed:
+/// past the first due date (a month in), so a repayment today first posts
+/// the interest accrued since and the penalty on the overdue instalment.
+const OVERDUE_DAYS: u64 = 45;
+
+/// Each repayment of the overdue variant (the loans are of 100,000.00).
+const OVERDUE_PAYMENT: i64 = 1_000_000;
+
+/// Concurrent repayments of loans disbursed 45 days earlier, three of one
+/// amount at once over both replicas: every loan must end as a control loan
+/// repaid the same three one after the other (same balances per funder,
+/// same allocations in total, same ledger postings). A lost update would
+/// post an accrual twice or pay from stale balances.
+async fn concurrent_repayments_overdue(a: &mut Client, b: &mut Client, db: &Db) -> Vec<String> {
+    let partner = "race-ro";
+    set_up(a, partner).await;
+    let counted = Counted::start(a, partner).await;
+    let mut problems = Vec::new();
+    let mut loans = Vec::new();
+    let disburse = |id: &str, tag: &str| {
+        as_bank(disbursement_on(
+            id,
+            &format!("{partner}-d-{tag}"),
+            &format!("{partner}-bank-d-{tag}"),
+            OVERDUE_DAYS,
+        ))
+    };
+    let pay = |id: &str, tag: &str, k: usize| {
+        as_bank(repayment(
+            id,
+            &format!("{partner}-p-{tag}-{k}"),
+            &format!("{partner}-bank-p-{tag}-{k}"),
+            OVERDUE_PAYMENT,
+        ))
+    };
+
+    // The control, repaid one call after the other.
+    let before = trial_balance(a).await;
+    let control = reserve(a, partner, "ro-control").await;
+    loans.push(control.loan_id.clone());
+    a.book_disbursement(disburse(&control.loan_id, "control"))
+        .await
+        .unwrap();
+    for k in 0..3 {
+        a.book_repayment(pay(&control.loan_id, "control", k))
+            .await
+            .unwrap();
+    }
+    let after_control = trial_balance(a).await;
+    let per_loan = moved(&before, &after_control);
+    let expected = get_loan(a, partner, &control.loan_id).await;
+    let expected_allocated = allocated(&expected.repayments);
+    let sum = |f: fn(&pb::FunderBalance) -> &Option<Money>| -> i64 {
+        expected.balances.iter().map(|b| m(f(b))).sum()
+    };
+    println!(
+        "  the control loan: interest paid {}, penalty accrued {} and paid {}",
+        sum(|b| &b.interest_paid),
+        sum(|b| &b.penalty_accrued),
+        sum(|b| &b.penalty_paid)
+    );
+    if sum(|b| &b.interest_paid) == 0 || sum(|b| &b.penalty_accrued) + sum(|b| &b.penalty_paid) == 0
+    {
+        problems.push(format!(
+            "the control loan accrued no interest or no penalty: the dates test nothing ({:?})",
+            expected.balances
+        ));
+    }
+
+    for i in 0..LOANS {
+        let tag = i.to_string();
+        let loan = reserve(a, partner, &format!("ro-{i}")).await;
+        loans.push(loan.loan_id.clone());
+        a.book_disbursement(disburse(&loan.loan_id, &tag))
+            .await
+            .unwrap();
+        let calls = (0..3).map(|k| {
+            let mut c = if k % 2 == 0 { a.clone() } else { b.clone() };
+            let req = pay(&loan.loan_id, &tag, k);
+            async move { c.book_repayment(req).await }
+        });
+        for r in futures::future::join_all(calls).await {
+            if let Err(e) = r {
+                problems.push(format!(
+                    "loan {i}: a repayment was refused: {} {}",
+                    reason(&e),
+                    e.message()
+                ));
+            }
+        }
+        let after = get_loan(a, partner, &loan.loan_id).await;
+        if after.repayments.len() != 3 {
+            problems.push(format!(
+                "loan {i}: {} repayments listed, 3 sent",
+                after.repayments.len()
+            ));
+        }
+        if after.balances != expected.balances {
+            problems.push(format!(
+                "loan {i}: balances {:?} != the control's {:?}",
+                after.balances, expected.balances
+            ));
+        }
+        let got = allocated(&after.repayments);
+        if got != expected_allocated {
+            problems.push(format!(
+                "loan {i}: allocations {got:?} != the control's {expected_allocated:?}"
+            ));
+        }
+    }
+    let raced = moved(&after_control, &trial_balance(a).await);
+    let want: BTreeMap<(i32, String), (i64, i64)> = per_loan
+        .iter()
+        .map(|(k, (d, c))| (k.clone(), (d * LOANS as i64, c * LOANS as i64)))
+        .collect();
+    if raced != want {
+        problems.push(format!(
+            "the ledger moved {raced:?} for {LOANS} raced loans, {LOANS} times the control's is {want:?}"
+        ));
+    }
+    problems.extend(counted.check(a, db, &loans).await);
     problems
 }
 
 /// The same bank transaction under two request ids at once: it is booked
 /// once; the other call gets the booked repayment back (same content) or
 /// ALREADY_EXISTS (other content).
-async fn same_bank_reference(a: &mut Client, b: &mut Client) -> Vec<String> {
+async fn same_bank_reference(a: &mut Client, b: &mut Client, db: &Db) -> Vec<String> {
     let partner = "race-br";
     set_up(a, partner).await;
+    let counted = Counted::start(a, partner).await;
     let mut problems = Vec::new();
+    let mut loans = Vec::new();
     for i in 0..LOANS {
         let loan = reserve(a, partner, &format!("br-{i}")).await;
+        loans.push(loan.loan_id.clone());
         a.book_disbursement(as_bank(disbursement(
             &loan.loan_id,
             &format!("{partner}-d-{i}"),
@@ -375,17 +647,19 @@ async fn same_bank_reference(a: &mut Client, b: &mut Client) -> Vec<String> {
             )),
         }
     }
+    problems.extend(counted.check(a, db, &loans).await);
     problems
 }
 
 /// A release by application (compensation) against a reservation of the
 /// same application, on the two replicas at once: the application never
 /// ends closed with a live reservation.
-async fn release_against_reservation(a: &mut Client, b: &mut Client) -> Vec<String> {
+async fn release_against_reservation(a: &mut Client, b: &mut Client, db: &Db) -> Vec<String> {
     let partner = "race-cr";
     set_up(a, partner).await;
+    let counted = Counted::start(a, partner).await;
     let mut problems = Vec::new();
-    let mut reserved_live = 0;
+    let mut loans = Vec::new();
     for i in 0..LOANS {
         let app = format!("cr-{i}");
         let (mut x, mut y) = (a.clone(), b.clone());
@@ -420,9 +694,9 @@ async fn release_against_reservation(a: &mut Client, b: &mut Client) -> Vec<Stri
         match r {
             Ok(loan) => {
                 let loan = loan.into_inner().loan.unwrap();
+                loans.push(loan.loan_id.clone());
                 let now = get_loan(a, partner, &loan.loan_id).await;
                 if now.status != pb::LoanStatus::Void as i32 {
-                    reserved_live += 1;
                     problems.push(format!(
                         "app {i}: closed to funding, but its loan {} is {} (release saw {:?})",
                         loan.loan_id, now.status, rel.loan_id
@@ -444,12 +718,8 @@ async fn release_against_reservation(a: &mut Client, b: &mut Client) -> Vec<Stri
             )),
         }
     }
-    let (_, exposure) = usage(a, partner).await;
-    if exposure != 0 {
-        problems.push(format!(
-            "bank exposure {exposure} left by {reserved_live} closed applications"
-        ));
-    }
+    // Every application was closed: nothing may be held.
+    problems.extend(counted.check(a, db, &loans).await);
     problems
 }
 
@@ -461,23 +731,28 @@ async fn races(backend: Backend) -> Vec<String> {
             .as_ref()
             .map_or(first.channel.clone(), |s| s.channel.clone()),
     );
+    let db = colend_funding::connect(&first.backends).await.unwrap();
     let mut report = Vec::new();
     for (name, problems) in [
         (
             "disbursement against release",
-            disbursement_against_release(&mut a, &mut b).await,
+            disbursement_against_release(&mut a, &mut b, &db).await,
         ),
         (
             "concurrent repayments",
-            concurrent_repayments(&mut a, &mut b).await,
+            concurrent_repayments(&mut a, &mut b, &db).await,
+        ),
+        (
+            "concurrent repayments, 45 days after the disbursement",
+            concurrent_repayments_overdue(&mut a, &mut b, &db).await,
         ),
         (
             "one bank reference, two request ids",
-            same_bank_reference(&mut a, &mut b).await,
+            same_bank_reference(&mut a, &mut b, &db).await,
         ),
         (
             "release against a queued reservation",
-            release_against_reservation(&mut a, &mut b).await,
+            release_against_reservation(&mut a, &mut b, &db).await,
         ),
     ] {
         println!(
@@ -495,6 +770,7 @@ async fn races(backend: Backend) -> Vec<String> {
             ));
         }
     }
+    db.pool.close().await;
     if let Some(second) = second {
         second.stop().await;
     }

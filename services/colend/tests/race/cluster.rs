@@ -17,6 +17,11 @@ pub fn binary() -> String {
     std::env::var("COLEND_RACE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_colend").to_string())
 }
 
+/// The reservations' lifetime, seconds, where the suite races their expiry
+/// (scenario 1: both funding replicas, and `colend up`); the sweepers run
+/// every second.
+pub const SHORT_TTL_SECS: &str = "8";
+
 /// Environment every process gets: partner rate limits and borrower
 /// velocity lifted (the suite sends bursts on purpose), quick sweepers.
 const COMMON: [(&str, &str); 8] = [
@@ -270,7 +275,7 @@ impl Embedded {
             "COLEND_AUTH_KEYS",
             format!("dev:{}", colend_platform::auth::DEV_AUTH_KEY),
         )
-        .env("COLEND_FUNDING_RESERVATION_TTL_SECS", "6")
+        .env("COLEND_FUNDING_RESERVATION_TTL_SECS", SHORT_TTL_SECS)
         .env_remove("COLEND_CRASH_AT")
         .env_remove("COLEND_PAUSE_AT")
         .stdout(std::fs::File::create(dir.0.join("up.out")).expect("log file"))
