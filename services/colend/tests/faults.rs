@@ -330,9 +330,11 @@ impl Report {
              After every scenario the invariant checker (`colend check`) verified, against every \
              service's own tables: every journey ended (completed, compensated or parked with a \
              reason); bank share + partner share = principal for every loan; every repayment cent \
-             allocated exactly once; ledger trial balance zero; no quota overbooked; exactly one \
-             effect per idempotency key (and no loan without its application); both outboxes \
-             relayed; every audit chain intact.\n",
+             allocated exactly once; ledger trial balance zero; total quota, daily quota and the \
+             bank's C2/C3 exposure each equal to what the live loans hold; acquisition and funding \
+             agree on every funded journey; no parked or closed journey holds a live reservation; \
+             exactly one effect per idempotency key; outboxes relayed, no dead letters; every \
+             audit chain intact.\n",
             describe(baseline)
         );
         let _ = writeln!(
