@@ -152,7 +152,7 @@ pub async fn append_many(tx: &mut AnyConnection, entries: &[Entry]) -> ApiResult
             .fetch_one(&mut *tx)
             .await?;
     let mut seq = last - entries.len() as i64;
-    let postgres = tx.backend_name() != "SQLite";
+    let postgres = crate::db::Backend::of(tx) == crate::db::Backend::Postgres;
     let chunks = entries.len().div_ceil(ROWS_PER_INSERT);
     for (i, chunk) in entries.chunks(ROWS_PER_INSERT).enumerate() {
         let mut rows = Vec::with_capacity(chunk.len());

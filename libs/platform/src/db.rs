@@ -15,6 +15,27 @@ pub enum Backend {
     Sqlite,
 }
 
+impl Backend {
+    /// The backend a connection talks to.
+    pub fn of(conn: &sqlx::AnyConnection) -> Backend {
+        if conn.backend_name() == "SQLite" {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        }
+    }
+
+    /// `" FOR UPDATE"` on PostgreSQL, to end a read of a row the transaction
+    /// then writes; nothing on SQLite, whose single writer serialises such
+    /// transactions already.
+    pub fn for_update(self) -> &'static str {
+        match self {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
+}
+
 /// A service's database.
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -225,7 +246,7 @@ impl Db {
 /// parameter up by a linear search, which makes statements of thousands of
 /// them quadratic). A statement that uses this uses it for all its parameters.
 pub fn placeholders(conn: &sqlx::AnyConnection, rows: usize, width: usize, first: usize) -> String {
-    let sqlite = conn.backend_name() == "SQLite";
+    let sqlite = Backend::of(conn) == Backend::Sqlite;
     let mut out = String::with_capacity(rows * width * 5);
     for r in 0..rows {
         if r > 0 {

@@ -424,11 +424,7 @@ impl Acquisition {
     /// `" FOR UPDATE"` on PostgreSQL, for a read followed by a write of the
     /// same row in one transaction (SQLite serialises writers anyway).
     fn row_lock(&self) -> &'static str {
-        if self.db.backend == colend_platform::db::Backend::Postgres {
-            " FOR UPDATE"
-        } else {
-            ""
-        }
+        self.db.backend.for_update()
     }
 
     /// An operator's decision on a parked journey: retry it from the step

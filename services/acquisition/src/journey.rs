@@ -1017,46 +1017,44 @@ impl Journey {
                 // A replayed answer (a retry after a lost answer, a resumed
                 // journey) carries the loan as it stands now: voided
                 // meanwhile (released or expired), or disbursed by the bank.
-                match funding::LoanStatus::try_from(loan.status) {
-                    Ok(funding::LoanStatus::Reserved) => {}
-                    Ok(funding::LoanStatus::Void) => {
-                        return Ok(StepResult {
-                            to: Status::FundingRejected,
-                            detail: format!(
-                                "the reservation {} was voided before the journey recorded it",
-                                loan.loan_id
-                            ),
-                            reasons: vec!["RESERVATION_VOID".into()],
-                            columns: vec![("funding", hex::encode(summary.encode_to_vec()))],
-                        });
-                    }
-                    Ok(funding::LoanStatus::Disbursed | funding::LoanStatus::Settled) => {
-                        return Ok(StepResult {
-                            to: Status::Disbursed,
-                            detail: format!(
-                                "funds reserved and disbursed by the bank on {}",
-                                loan.disbursed_on
-                            ),
-                            reasons: Vec::new(),
-                            columns: vec![("funding", hex::encode(summary.encode_to_vec()))],
-                        });
-                    }
+                let (to, detail, reasons) = match funding::LoanStatus::try_from(loan.status) {
+                    Ok(funding::LoanStatus::Reserved) => (
+                        Status::FundsReserved,
+                        format!(
+                            "funds reserved: bank {} + partner {} (agreement v{})",
+                            m(&loan.bank_amount),
+                            m(&loan.partner_amount),
+                            loan.agreement_version
+                        ),
+                        Vec::new(),
+                    ),
+                    Ok(funding::LoanStatus::Void) => (
+                        Status::FundingRejected,
+                        format!(
+                            "the reservation {} was voided before the journey recorded it",
+                            loan.loan_id
+                        ),
+                        vec!["RESERVATION_VOID".to_string()],
+                    ),
+                    Ok(funding::LoanStatus::Disbursed | funding::LoanStatus::Settled) => (
+                        Status::Disbursed,
+                        format!(
+                            "funds reserved and disbursed by the bank on {}",
+                            loan.disbursed_on
+                        ),
+                        Vec::new(),
+                    ),
                     _ => {
                         return Err(ApiError::internal(anyhow::anyhow!(
                             "funding answered a reservation with loan status {}",
                             loan.status
                         )));
                     }
-                }
+                };
                 Ok(StepResult {
-                    to: Status::FundsReserved,
-                    detail: format!(
-                        "funds reserved: bank {} + partner {} (agreement v{})",
-                        m(&loan.bank_amount),
-                        m(&loan.partner_amount),
-                        loan.agreement_version
-                    ),
-                    reasons: Vec::new(),
+                    to,
+                    detail,
+                    reasons,
                     columns: vec![("funding", hex::encode(summary.encode_to_vec()))],
                 })
             }

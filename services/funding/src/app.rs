@@ -9,6 +9,7 @@ use colend_contracts::acquisition::v1::acquisition_service_client::AcquisitionSe
 use colend_contracts::common::v1::{Funder, Money, RepaymentMethod};
 use colend_contracts::funding::v1 as pb;
 use colend_platform::config::env_parse;
+use colend_platform::db::Backend;
 use colend_platform::time::{format_date, now_millis, parse_date, timestamp, today};
 use colend_platform::{ApiError, ApiResult, Cache, Db, idempotency};
 use prost::Message;
@@ -104,10 +105,6 @@ fn money(minor: i64, currency: &str) -> Option<Money> {
         minor_units: minor,
         currency_code: currency.to_string(),
     })
-}
-
-fn is_postgres(conn: &AnyConnection) -> bool {
-    conn.backend_name() != "SQLite"
 }
 
 impl Funding {

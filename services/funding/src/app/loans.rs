@@ -167,7 +167,7 @@ pub(super) fn loan_row(r: &AnyRow) -> ApiResult<LoanRow> {
 /// what the first did. PostgreSQL: `SELECT … FOR UPDATE`; SQLite has a
 /// single writer, which serialises them already.
 pub(super) async fn lock_loan(conn: &mut AnyConnection, loan_id: &str) -> ApiResult<LoanRow> {
-    let lock = if is_postgres(conn) { " FOR UPDATE" } else { "" };
+    let lock = Backend::of(conn).for_update();
     let row = sqlx::query(&format!(
         "SELECT {LOAN_COLS} FROM loans WHERE loan_id = $1{lock}"
     ))

@@ -8,7 +8,7 @@ use super::*;
 /// order (sorted) so two batches cannot deadlock. PostgreSQL: advisory
 /// transaction locks; SQLite has a single writer.
 pub(super) async fn lock_applications(conn: &mut AnyConnection, apps: &[&str]) -> ApiResult<()> {
-    if !is_postgres(conn) || apps.is_empty() {
+    if Backend::of(conn) != Backend::Postgres || apps.is_empty() {
         return Ok(());
     }
     let mut keys: Vec<String> = apps
