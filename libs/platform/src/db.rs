@@ -158,7 +158,7 @@ impl Db {
         if let Err(e) = sqlx::query(&create).execute(&mut conn).await {
             // Two replicas creating the schema at once: one of them loses the race.
             let exists: Option<(String,)> =
-                sqlx::query_as("SELECT nspname FROM pg_namespace WHERE nspname = $1")
+                sqlx::query_as("SELECT CAST(nspname AS TEXT) FROM pg_namespace WHERE nspname = $1")
                     .bind(schema)
                     .fetch_optional(&mut conn)
                     .await?;
