@@ -872,6 +872,7 @@ impl Journey {
             .get_borrower_exposure(request(
                 funding::GetBorrowerExposureRequest {
                     borrower_key: borrower_key.to_string(),
+                    ..Default::default()
                 },
                 self.timeout,
                 Some(partner),

@@ -115,6 +115,7 @@ async fn scenario(backend: Backend) {
             kind: fpb::InstitutionKind::Partner as i32,
             effective_from: "2026-01-01".into(),
             effective_to: String::new(),
+            ..Default::default()
         }),
     }))
     .await

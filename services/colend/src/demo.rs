@@ -617,6 +617,7 @@ pub(crate) async fn setup(c: &Clients, share_bps: i32) -> anyhow::Result<()> {
                 kind: fund::InstitutionKind::Partner as i32,
                 effective_from: "2026-01-01".into(),
                 effective_to: String::new(),
+                ..Default::default()
             }),
         },
         None

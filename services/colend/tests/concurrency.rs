@@ -214,6 +214,7 @@ impl Mesh {
                     kind: fund::InstitutionKind::Partner as i32,
                     effective_from: "2026-01-01".into(),
                     effective_to: String::new(),
+                    ..Default::default()
                 }),
             })
         )

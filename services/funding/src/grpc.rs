@@ -257,6 +257,13 @@ impl FundingService for FundingGrpc {
         Ok(Response::new(pb::GetLoanResponse { loan: Some(loan) }))
     }
 
+    async fn list_loans(
+        &self,
+        _request: Request<pb::ListLoansRequest>,
+    ) -> Result<Response<pb::ListLoansResponse>, Status> {
+        Err(Status::unimplemented("ListLoans is not implemented yet"))
+    }
+
     async fn get_trial_balance(
         &self,
         _request: Request<pb::GetTrialBalanceRequest>,
@@ -378,6 +385,7 @@ impl FundingService for FundingGrpc {
                 minor_units: n,
                 currency_code: "CNY".into(),
             }),
+            ..Default::default()
         }))
     }
 

@@ -54,6 +54,7 @@ async fn whitelist(c: &mut FundingServiceClient<tonic::transport::Channel>, part
             kind: pb::InstitutionKind::Partner as i32,
             effective_from: "2026-01-01".into(),
             effective_to: String::new(),
+            ..Default::default()
         }),
     }))
     .await
@@ -466,6 +467,7 @@ async fn expiry(backend: Backend) {
             kind: pb::InstitutionKind::CreditEnhancer as i32,
             effective_from: "2026-01-01".into(),
             effective_to: String::new(),
+            ..Default::default()
         }),
     }))
     .await

@@ -90,6 +90,7 @@ async fn set_up(c: &mut Client, partner: &str) {
             kind: pb::InstitutionKind::Partner as i32,
             effective_from: "2026-01-01".into(),
             effective_to: String::new(),
+            ..Default::default()
         }),
     }))
     .await

@@ -78,6 +78,7 @@ async fn scenario(backend: Backend, ttl_secs: u64) {
             kind: pb::InstitutionKind::Partner as i32,
             effective_from: "2026-01-01".into(),
             effective_to: String::new(),
+            ..Default::default()
         }),
     }))
     .await

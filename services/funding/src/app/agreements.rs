@@ -54,6 +54,7 @@ impl AgreementRecord {
                 .collect(),
             credit_enhancer_id: self.credit_enhancer_id.clone(),
             fee_partner_share_bps: small("fee_partner_share_bps", self.fee_partner_share_bps)?,
+            ..Default::default()
         })
     }
 }

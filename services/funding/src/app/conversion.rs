@@ -179,5 +179,6 @@ pub(super) fn loan_pb(
         balances,
         annual_fee_bps: l.fee_bps as i32,
         fee_partner_share_bps: l.terms.fee_partner_bps as i32,
+        ..Default::default()
     }
 }

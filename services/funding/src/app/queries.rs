@@ -163,6 +163,7 @@ impl Funding {
             balances,
             total_debits: money(td, &currency),
             total_credits: money(tc, &currency),
+            ..Default::default()
         })
     }
 }
