@@ -131,4 +131,9 @@ impl Funding {
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
+
+    /// Today's business date in the jurisdiction's time zone.
+    pub fn business_today(&self) -> chrono::NaiveDate {
+        today()
+    }
 }
