@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from zoneinfo import ZoneInfo
 
 import grpc
 from grpc_tools import protoc
@@ -126,7 +127,8 @@ def main():
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
 
     rnd = random.Random(partner)
-    today = datetime.date.today()
+    # The bank's business day is a date in its time zone (CN: Asia/Shanghai), not UTC.
+    today = datetime.datetime.now(ZoneInfo("Asia/Shanghai")).date()
     funded = 0
     for i in range(args.applications):
         birth = f"{today.year - 40}0{rnd.randint(1, 9)}1{rnd.randint(0, 9)}"
