@@ -368,17 +368,23 @@ pub const POLICY: &[(&str, &[Class])] = {
         ("colend.credit.v1.CreditService/DecideApplication", &[I]),
         ("colend.credit.v1.CreditService/GetDecision", &[P]),
         ("colend.credit.v1.CreditService/SetPolicy", &[B]),
-        ("colend.credit.v1.CreditService/GetPolicy", &[B]),
+        // Acquisition reads the policy's currency when an application is submitted.
+        ("colend.credit.v1.CreditService/GetPolicy", &[B, I]),
         // funding: agreements, reference data and bookings are the bank's;
         // reservations come from acquisition; a partner reads its own loans.
         ("colend.funding.v1.FundingService/UpsertAgreement", &[B]),
-        ("colend.funding.v1.FundingService/GetAgreement", &[B]),
+        // Acquisition reads the agreement's currency when an application is submitted.
+        ("colend.funding.v1.FundingService/GetAgreement", &[B, I]),
         ("colend.funding.v1.FundingService/ReserveFunding", &[I]),
         ("colend.funding.v1.FundingService/ReleaseFunding", &[I]),
         ("colend.funding.v1.FundingService/BookDisbursement", &[B]),
         ("colend.funding.v1.FundingService/BookRepayment", &[B]),
-        ("colend.funding.v1.FundingService/GetLoan", &[P]),
+        // A partner reads its own loans; the bank reads and lists every loan.
+        ("colend.funding.v1.FundingService/GetLoan", &[P, B]),
+        ("colend.funding.v1.FundingService/ListLoans", &[P, B]),
         ("colend.funding.v1.FundingService/GetTrialBalance", &[B]),
+        // The accrual run posts income on every partner's loans: the bank's.
+        ("colend.funding.v1.FundingService/AccrueInterest", &[B]),
         ("colend.funding.v1.FundingService/SetBankReference", &[B]),
         ("colend.funding.v1.FundingService/GetBankReference", &[B]),
         (
@@ -699,6 +705,16 @@ mod tests {
         assert!(!allowed(
             Class::Partner,
             "colend.funding.v1.FundingService/BookRepayment"
+        ));
+        for class in [Class::Partner, Class::Internal] {
+            assert!(!allowed(
+                class,
+                "colend.funding.v1.FundingService/AccrueInterest"
+            ));
+        }
+        assert!(allowed(
+            Class::Bank,
+            "colend.funding.v1.FundingService/AccrueInterest"
         ));
         assert!(!allowed(Class::Bank, "colend.nope.v1.X/Y"));
     }

@@ -35,3 +35,12 @@ pub fn partner_id<T>(req: &tonic::Request<T>) -> Result<String, ApiError> {
     }
     Ok(v.to_string())
 }
+
+/// True when the bank's core systems or operators make the call, as the
+/// server's auth layer established it (the bank's token); the bank reads
+/// every partner's data where a partner reads only its own.
+pub fn is_bank<T>(req: &tonic::Request<T>) -> bool {
+    req.extensions()
+        .get::<crate::auth::Caller>()
+        .is_some_and(|c| c.0.class == crate::auth::Class::Bank)
+}

@@ -47,9 +47,20 @@ pub enum ApiError {
     NoAgreement(String),
     #[error("{0}")]
     NotWhitelisted(String),
+    /// An amount is in another currency than the operation is in (the
+    /// partner's agreement, the loan, the bank's reference data, the credit
+    /// policy); `expected` is the currency required and travels in ErrorInfo
+    /// metadata as "expected". A code that is not an ISO 4217 currency at
+    /// all is InvalidArgument instead.
+    #[error("{message}")]
+    CurrencyMismatch { expected: String, message: String },
     /// The same bank transaction was already booked with other content.
     #[error("{0}")]
     AlreadyExists(String),
+    /// A value date before one already booked on the same loan (a
+    /// repayment dated before the last repayment): accruals run forward only.
+    #[error("{0}")]
+    BackValued(String),
     /// A precondition that can still become true (set-up not done yet):
     /// never stored against a request id, so a retry can succeed.
     #[error("{0}")]
@@ -66,6 +77,10 @@ pub enum ApiError {
     },
     #[error("{service} is unavailable: {message}")]
     Dependency { service: String, message: String },
+    /// The request is larger than the service accepts; `max_bytes` travels
+    /// in ErrorInfo metadata.
+    #[error("the request is larger than this service accepts ({max_bytes} bytes)")]
+    RequestTooLarge { max_bytes: usize },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -93,6 +108,14 @@ impl ApiError {
         }
     }
 
+    /// An amount in another currency than `expected`.
+    pub fn currency_mismatch(expected: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::CurrencyMismatch {
+            expected: expected.into(),
+            message: message.into(),
+        }
+    }
+
     pub fn internal(e: impl Into<anyhow::Error>) -> Self {
         ApiError::Internal(e.into())
     }
@@ -109,12 +132,15 @@ impl ApiError {
             ApiError::InvalidState(_) => "INVALID_STATE",
             ApiError::NoAgreement(_) => "NO_AGREEMENT",
             ApiError::NotWhitelisted(_) => "NOT_WHITELISTED",
+            ApiError::CurrencyMismatch { .. } => "CURRENCY_MISMATCH",
             ApiError::AlreadyExists(_) => "ALREADY_EXISTS",
+            ApiError::BackValued(_) => "BACK_VALUED",
             ApiError::NotReady(_) => "NOT_READY",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::PermissionDenied(_) => "PERMISSION_DENIED",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::Dependency { .. } => "DEPENDENCY_UNAVAILABLE",
+            ApiError::RequestTooLarge { .. } => "REQUEST_TOO_LARGE",
             ApiError::Internal(_) => "INTERNAL",
         }
     }
@@ -130,12 +156,15 @@ impl ApiError {
             ApiError::InvalidState(_) => Code::FailedPrecondition,
             ApiError::NoAgreement(_) => Code::FailedPrecondition,
             ApiError::NotWhitelisted(_) => Code::FailedPrecondition,
+            ApiError::CurrencyMismatch { .. } => Code::FailedPrecondition,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
+            ApiError::BackValued(_) => Code::FailedPrecondition,
             ApiError::NotReady(_) => Code::FailedPrecondition,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::RateLimited { .. } => Code::ResourceExhausted,
             ApiError::Dependency { .. } => Code::Unavailable,
+            ApiError::RequestTooLarge { .. } => Code::ResourceExhausted,
             ApiError::Internal(_) => Code::Internal,
         }
     }
@@ -184,6 +213,12 @@ impl From<ApiError> for Status {
         if let ApiError::QuotaExceeded { limit, .. } = &e {
             metadata.insert("limit".into(), limit.clone());
         }
+        if let ApiError::CurrencyMismatch { expected, .. } = &e {
+            metadata.insert("expected".into(), expected.clone());
+        }
+        if let ApiError::RequestTooLarge { max_bytes } = &e {
+            metadata.insert("max_bytes".into(), max_bytes.to_string());
+        }
         let mut details = ErrorDetails::with_error_info(e.reason(), ERROR_DOMAIN, metadata);
         if let ApiError::InvalidArgument(v) = &e {
             for f in v {
@@ -217,8 +252,15 @@ pub fn from_downstream(service: &str, status: Status) -> ApiError {
         },
         (_, "NO_AGREEMENT") => ApiError::NoAgreement(msg),
         (_, "NOT_WHITELISTED") => ApiError::NotWhitelisted(msg),
+        (_, "CURRENCY_MISMATCH") => ApiError::CurrencyMismatch {
+            expected: info
+                .and_then(|i| i.metadata.get("expected").cloned())
+                .unwrap_or_default(),
+            message: msg,
+        },
         (_, "INVALID_STATE") => ApiError::InvalidState(msg),
         (_, "ALREADY_EXISTS") => ApiError::AlreadyExists(msg),
+        (_, "BACK_VALUED") => ApiError::BackValued(msg),
         (_, "NOT_READY") => ApiError::NotReady(msg),
         (Code::NotFound, _) => ApiError::NotFound(msg),
         (Code::InvalidArgument, _) => {
@@ -292,6 +334,49 @@ mod tests {
     }
 
     #[test]
+    fn currency_mismatch_names_the_expected_currency() {
+        let s: Status = ApiError::currency_mismatch("CNY", "the agreement is in CNY").into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        let info = s.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "CURRENCY_MISMATCH");
+        assert_eq!(
+            info.metadata.get("expected").map(String::as_str),
+            Some("CNY")
+        );
+        match from_downstream("funding", s) {
+            ApiError::CurrencyMismatch { expected, message } => {
+                assert_eq!(expected, "CNY");
+                assert_eq!(message, "the agreement is in CNY");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn money_fields_name_the_currency_field() {
+        use colend_contracts::common::v1::Money;
+        for code in ["XXX", "ABC", "usd", "XTS", "XAU", ""] {
+            let mut v = Violations::new();
+            let m = Some(Money {
+                minor_units: 1,
+                currency_code: code.into(),
+            });
+            v.money("requested_amount", &m, Amount::Positive);
+            let Err(ApiError::InvalidArgument(f)) = v.into_result() else {
+                panic!("{code} accepted");
+            };
+            assert_eq!(f[0].field, "requested_amount.currency_code", "{code}");
+        }
+        let mut v = Violations::new();
+        let m = Some(Money {
+            minor_units: 1,
+            currency_code: "USD".into(),
+        });
+        v.money("requested_amount", &m, Amount::Positive);
+        assert!(v.is_empty());
+    }
+
+    #[test]
     fn internal_errors_hide_their_cause() {
         let s: Status = ApiError::internal(anyhow::anyhow!("SELECT secret FROM t")).into();
         assert_eq!(s.code(), Code::Internal);
@@ -353,13 +438,39 @@ impl Violations {
                 } else if rule == Amount::Positive && m.minor_units == 0 {
                     self.add(&format!("{field}.minor_units"), "must be positive");
                 }
-                if colend_core::Currency::parse(&m.currency_code).is_err() {
-                    self.add(
-                        &format!("{field}.currency_code"),
-                        "must be an ISO 4217 code such as CNY",
-                    );
-                }
+                self.currency(&format!("{field}.currency_code"), &m.currency_code);
             }
+        }
+    }
+
+    /// A currency code: an active ISO 4217 currency loans can be made in
+    /// ([`colend_core::Currency::parse`], the one check every service uses).
+    pub fn currency(&mut self, field: &str, code: &str) {
+        match colend_core::Currency::parse(code) {
+            Ok(_) => {}
+            Err(colend_core::MoneyError::BadCurrency) => self.add(
+                field,
+                "must be an ISO 4217 code of three upper-case letters such as CNY",
+            ),
+            Err(e) => self.add(field, format!("must be an active ISO 4217 currency: {e}")),
+        }
+    }
+}
+
+impl Violations {
+    /// Records a violation at `field` when `money` is not in `currency`
+    /// (amounts of one request that must share a currency).
+    pub fn same_currency(
+        &mut self,
+        field: &str,
+        money: &Option<colend_contracts::common::v1::Money>,
+        currency: &str,
+        of: &str,
+    ) {
+        if let Some(m) = money
+            && m.currency_code != currency
+        {
+            self.add(field, format!("must be in {of}'s currency ({currency})"));
         }
     }
 }

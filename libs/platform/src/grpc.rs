@@ -68,6 +68,9 @@ pub async fn serve(
         Server::builder()
             .layer(crate::rpc_trace::ServerTraceLayer)
             .layer(crate::auth::AuthLayer)
+            // Innermost: a request over the service's size limit is
+            // RESOURCE_EXHAUSTED / REQUEST_TOO_LARGE, as traced and logged.
+            .layer(crate::request_size::RequestSizeLayer)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             // Streams of large batches (reconciliation files) are not held
             // back by HTTP/2's 64 KiB default windows.
@@ -156,7 +159,9 @@ pub fn channel(url: &str) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
-/// Largest request a service decodes (reconciliation's batches excepted).
+/// Largest request a service decodes (reconciliation's batches excepted);
+/// a larger one is answered RESOURCE_EXHAUSTED with ErrorInfo
+/// REQUEST_TOO_LARGE and `max_bytes` ([`crate::request_size`]).
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Largest response a service encodes.
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;

@@ -121,27 +121,40 @@ fn error_from_stored(reason: &str, message: &str) -> ApiError {
             ApiError::limit(limit, message)
         }
         "NOT_WHITELISTED" => ApiError::NotWhitelisted(m),
+        // Stored by a version that held it final: replayed whole.
+        "CURRENCY_MISMATCH" => {
+            let (expected, message) = message.split_once('\n').unwrap_or(("", message));
+            ApiError::currency_mismatch(expected, message)
+        }
         "INVALID_STATE" => ApiError::InvalidState(m),
         "NO_AGREEMENT" => ApiError::NoAgreement(m),
         "DUPLICATE_APPLICATION" => ApiError::DuplicateApplication(m),
         "NOT_FOUND" => ApiError::NotFound(m),
         "ALREADY_EXISTS" => ApiError::AlreadyExists(m),
+        "BACK_VALUED" => ApiError::BackValued(m),
         // A reason stored by an older version that is no longer final.
         other => ApiError::internal(anyhow::anyhow!("stored refusal with reason {other}: {m}")),
     }
 }
 
 /// The reasons of final business refusals: a replay must return them
-/// unchanged. Every other error (invalid input, which never reached the
-/// effect; a missing set-up such as NO_AGREEMENT, NOT_WHITELISTED or
-/// NOT_READY, which can become true; a dependency or database that is away;
-/// an internal fault) is not stored, so a retry with the same request id
-/// runs again.
+/// unchanged. BACK_VALUED is one: a loan's last repayment date only moves
+/// forward, so the same repayment is refused the same way (rebooked with a
+/// later value date, it is a corrected request, under a new id). Every other
+/// error (invalid input, which never reached the effect; a missing set-up
+/// such as NO_AGREEMENT, NOT_WHITELISTED or NOT_READY, which can become true;
+/// CURRENCY_MISMATCH, which can stop being true: an agreement or the
+/// reference data can move to the request's currency, and an agreement
+/// version or reference data refused while amounts were reserved or
+/// outstanding is accepted once they are repaid or released; a dependency or
+/// database that is away; an internal fault) is not stored, so a retry with
+/// the same request id runs again.
 pub const FINAL_REASONS: &[&str] = &[
     "QUOTA_EXCEEDED",
     "INVALID_STATE",
     "DUPLICATE_APPLICATION",
     "ALREADY_EXISTS",
+    "BACK_VALUED",
 ];
 
 /// Decided by reason code: see [`FINAL_REASONS`].
@@ -346,6 +359,113 @@ where
     .await?;
     tx.commit().await?;
     outcome
+}
+
+/// Runs `work` at most once per (scope, request_id), for work that commits
+/// in steps of its own (a run over many rows, each in its own transaction)
+/// and so cannot run inside the key's transaction as [`run`] does.
+///
+/// - A stored answer is replayed; the key reused with other content is
+///   IDEMPOTENCY_KEY_REUSED.
+/// - While the work runs the key is held: in this process by the in-flight
+///   set, across replicas (PostgreSQL) by a transaction-scoped advisory lock
+///   on a connection of its own, taken before the stored answer is looked
+///   up and kept until the answer is stored; a duplicate meanwhile is
+///   refused with REQUEST_IN_FLIGHT.
+/// - `work`'s answer is stored with the key and audited once it is done.
+///   A failure stores nothing: the steps already committed stay, and a
+///   retry under the same id runs again, so `work` must be resumable (it
+///   redoes nothing already done) and its answer describes what that run
+///   did.
+///
+/// The work runs in its own task, so a cancelled client cannot abandon it.
+pub async fn run_steps<M, F, Fut>(
+    db: &Db,
+    scope: String,
+    request_id: String,
+    hash: String,
+    work: F,
+) -> ApiResult<M>
+where
+    M: Message + Default + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ApiResult<M>> + Send + 'static,
+{
+    let db = db.clone();
+    let caller = crate::audit::current();
+    let span = transaction_span(&db, scope.split(':').next().unwrap_or(""));
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let Some(_in_flight) = InFlight::claim(&db, &scope, &request_id) else {
+                return Err(ApiError::RequestInFlight);
+            };
+            // PostgreSQL: the key held across replicas for the whole run (a
+            // lock of its own, not the claim's, which is taken below).
+            let mut held = None;
+            if db.backend == crate::db::Backend::Postgres {
+                let mut tx = db.pool.begin().await?;
+                let (free,): (bool,) =
+                    sqlx::query_as("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                        .bind(format!("{}\n{scope}\n{request_id}\nsteps", db.schema))
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if !free {
+                    tx.rollback().await.ok();
+                    return Err(ApiError::RequestInFlight);
+                }
+                held = Some(tx);
+            }
+            let stored = match held.as_mut() {
+                Some(tx) => lookup::<M>(tx, &scope, &request_id, &hash).await?,
+                None => {
+                    let mut conn = db.pool.acquire().await?;
+                    lookup::<M>(&mut conn, &scope, &request_id, &hash).await?
+                }
+            };
+            let answer = match stored {
+                Some(stored) => stored.answer(),
+                None => match work().await {
+                    Ok(answer) => {
+                        store_answer(&db, &scope, &request_id, &hash, answer, caller).await
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            if let Some(tx) = held {
+                tx.rollback().await.ok();
+            }
+            answer
+        },
+        span,
+    ))
+    .await
+    .map_err(|e| ApiError::internal(anyhow::anyhow!("idempotent task failed: {e}")))?
+}
+
+/// Stores `answer` under the key, audited, in a transaction of its own; the
+/// answer stored already, when the key was claimed meanwhile.
+async fn store_answer<M: Message + Default>(
+    db: &Db,
+    scope: &str,
+    request_id: &str,
+    hash: &str,
+    answer: M,
+    caller: Option<(crate::auth::Claims, String)>,
+) -> ApiResult<M> {
+    let mut tx = db.pool.begin().await?;
+    let claimed = Claim {
+        outcome: "ok",
+        response: hex::encode(answer.encode_to_vec()),
+        relaxed: false,
+    };
+    let now = crate::time::now_millis();
+    if !claim(db, &mut tx, scope, request_id, hash, now, claimed).await? {
+        return replay(tx, scope, request_id, hash).await;
+    }
+    let entry = crate::audit::Entry::for_call(caller.as_ref(), scope, request_id, "ALLOWED", "");
+    crate::audit::append(&mut tx, &entry).await?;
+    tx.commit().await?;
+    Ok(answer)
 }
 
 /// What a claimed key holds until the call's outcome is stored.
@@ -640,4 +760,35 @@ pub fn spawn_retention(db: &Db) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CURRENCY_MISMATCH can stop being true (the set-up moves to the
+    /// request's currency, or what was reserved is repaid): it is not
+    /// stored, like NOT_READY, and a retry with the same id runs again.
+    #[test]
+    fn a_currency_mismatch_is_not_stored() {
+        let e = ApiError::currency_mismatch("CNY", "the agreement is in CNY, the principal in USD");
+        assert!(!storable(&e));
+        assert!(!storable(&ApiError::NotReady("no reference data".into())));
+        assert!(storable(&ApiError::limit("PARTNER_TOTAL_QUOTA", "full")));
+    }
+
+    /// A CURRENCY_MISMATCH stored by a version that held it final still
+    /// replays with its reason, message and the currency it expected.
+    #[test]
+    fn a_currency_mismatch_stored_before_replays_whole() {
+        let stored = "CURRENCY_MISMATCH\nCNY\nthe loan is in CNY, the amount in USD";
+        let (reason, message) = stored.split_once('\n').unwrap();
+        match error_from_stored(reason, message) {
+            ApiError::CurrencyMismatch { expected, message } => {
+                assert_eq!(expected, "CNY");
+                assert_eq!(message, "the loan is in CNY, the amount in USD");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -22,6 +22,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod outbox;
 pub mod paging;
+pub mod request_size;
 pub mod rpc_trace;
 pub mod runner;
 pub mod schema;
