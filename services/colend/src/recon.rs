@@ -124,6 +124,9 @@ pub struct ResolveArgs {
     /// Why.
     #[arg(long)]
     pub reason: String,
+    /// Also settle the bank's record behind the break, in the partner's next run.
+    #[arg(long)]
+    pub settle: bool,
     #[arg(long)]
     pub request_id: Option<String>,
 }
@@ -181,7 +184,7 @@ fn client(endpoint: &str) -> anyhow::Result<ReconciliationServiceClient<Channel>
         .max_encoding_message_size(64 * 1024 * 1024))
 }
 
-fn status_error(what: &str, s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(what: &str, s: tonic::Status) -> anyhow::Error {
     let details = tonic_types::StatusExt::get_error_details(&s);
     let fields: Vec<String> = details
         .bad_request()
@@ -664,6 +667,7 @@ async fn resolve(a: ResolveArgs) -> anyhow::Result<()> {
             break_id: a.break_id,
             resolved_by: a.by,
             reason: a.reason,
+            settle: a.settle,
         }))
         .await
         .map_err(|s| status_error("resolve", s))?

@@ -1,15 +1,30 @@
 //! Reconciliation use cases: build a run from staged or streamed records,
 //! store its breaks and settlement lines, list and resolve breaks.
+//!
+//! What must hold: every open break of the partner's earlier days, of every
+//! class, is examined again by each run (rolling re-matching); a break's
+//! amount settles once, in the run that resolves it (or, resolved by hand with
+//! settle, in the partner's next run for that day or later); a run that
+//! reconciles a day again takes over what the day's earlier runs resolved and
+//! settled, so nothing settles twice and nothing is lost, and is refused once a
+//! later day's run or a person has closed one of the day's breaks (it would
+//! find, and could settle, those transactions again); a duplicate never
+//! settles; business days are dates in the configured time zone, never UTC
+//! dates.
 use crate::domain::{
-    self, Book, BreakItem, Class, Kind, Outcome, Pair, Rec, Reconciler, Tolerance, format_day,
+    self, Book, BreakItem, Class, Kind, Outcome, Overflow, Pair, Rec, Reconciler, Tolerance,
+    format_day,
 };
 use colend_contracts::common::v1::Money;
 use colend_contracts::reconciliation::v1 as pb;
-use colend_platform::time::{now_millis, timestamp};
+use colend_platform::time::{
+    Clock, Tz, business_date, format_date, now_millis, parse_date, parse_time_zone, timestamp,
+};
 use colend_platform::{ApiError, ApiResult, Db, idempotency};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Rejected rows kept with a run (all are counted).
 pub const KEEP_REJECTED: usize = 1_000;
@@ -102,10 +117,75 @@ impl FundingLedger {
     }
 }
 
+/// The business time zone when `COLEND_RECON_TIME_ZONE` is not set (CN).
+pub const DEFAULT_TIME_ZONE: &str = "Asia/Shanghai";
+/// The currency of a run without records when `COLEND_RECON_CURRENCY` is
+/// not set (CN).
+pub const DEFAULT_CURRENCY: &str = "CNY";
+
+/// How the service runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The time zone of business days (`COLEND_RECON_TIME_ZONE`, an IANA name;
+    /// default Asia/Shanghai; Asia/Kolkata for an Indian bank). "Today" for a
+    /// break's age and the business day a hand resolution settles from are
+    /// its dates, never UTC dates.
+    pub time_zone: Tz,
+    /// The currency of a run that brings no record, for a day never
+    /// reconciled before (`COLEND_RECON_CURRENCY`, an ISO 4217 code; default
+    /// CNY; INR for an Indian bank). A day reconciled before is run again in
+    /// the currency of its latest stored run.
+    pub currency: colend_core::Currency,
+    /// Where "now" is read: the system clock (tests may set a manual one).
+    pub clock: Clock,
+}
+
+impl Settings {
+    /// From the environment; a time zone that is not an IANA name fails start-up.
+    pub fn from_env() -> anyhow::Result<Settings> {
+        let name = colend_platform::config::env_or("COLEND_RECON_TIME_ZONE", DEFAULT_TIME_ZONE);
+        let code = colend_platform::config::env_or("COLEND_RECON_CURRENCY", DEFAULT_CURRENCY);
+        Ok(Settings {
+            time_zone: time_zone(&name)?,
+            currency: currency(&code)?,
+            clock: Clock::System,
+        })
+    }
+}
+
+/// The currency `COLEND_RECON_CURRENCY` names, or why it names none.
+pub fn currency(code: &str) -> anyhow::Result<colend_core::Currency> {
+    colend_core::Currency::parse(code.trim()).map_err(|e| {
+        anyhow::anyhow!(
+            "COLEND_RECON_CURRENCY={code:?} is not an ISO 4217 currency code loans are made in (such as CNY or INR): {e}"
+        )
+    })
+}
+
+/// The time zone `COLEND_RECON_TIME_ZONE` names, or why it names none.
+pub fn time_zone(name: &str) -> anyhow::Result<Tz> {
+    parse_time_zone(name.trim()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "COLEND_RECON_TIME_ZONE={name:?} is not an IANA time zone name (such as Asia/Shanghai or Asia/Kolkata)"
+        )
+    })
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            time_zone: Tz::Asia__Shanghai,
+            currency: colend_core::Currency::CNY,
+            clock: Clock::System,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Reconciliation {
     db: Db,
     ledger: Option<FundingLedger>,
+    settings: Settings,
 }
 
 pub fn kind_pb(k: Kind) -> pb::RecordKind {
@@ -183,8 +263,31 @@ pub fn rec_of(r: pb::Record) -> Result<(Rec, String), String> {
     })
 }
 
+/// A record stored with a break as a domain record, with its currency. Read
+/// as [`rec_of`] reads new input, except that the currency code need only
+/// have the shape of one (three upper-case letters): a break an earlier
+/// version stored in a code the ISO 4217 table now refuses still decodes,
+/// and stays open for a run in its currency (there is none) or a hand
+/// resolution.
+pub fn stored_rec_of(r: pb::Record) -> Result<(Rec, String), String> {
+    rec_parts(r, domain::currency_shaped).map_err(|p| {
+        p.iter()
+            .map(|(f, m)| format!("{f}: {m}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
 /// Like [`rec_of`], with every problem as (field, message).
 pub fn rec_checked(r: pb::Record) -> Result<(Rec, String), Vec<(&'static str, &'static str)>> {
+    rec_parts(r, |c| colend_core::Currency::parse(c).is_ok())
+}
+
+/// A wire record as a domain record; `currency_ok` checks the code.
+fn rec_parts(
+    r: pb::Record,
+    currency_ok: fn(&str) -> bool,
+) -> Result<(Rec, String), Vec<(&'static str, &'static str)>> {
     let mut bad = Vec::new();
     let kind = match pb::RecordKind::try_from(r.kind) {
         Ok(pb::RecordKind::Disbursement) => Kind::Disbursement,
@@ -202,7 +305,7 @@ pub fn rec_checked(r: pb::Record) -> Result<(Rec, String), Vec<(&'static str, &'
         ));
         return Err(bad);
     };
-    if colend_core::Currency::parse(&a.currency_code).is_err() {
+    if !currency_ok(&a.currency_code) {
         bad.push((
             "amount.currency_code",
             "must be an ISO 4217 code such as CNY",
@@ -266,15 +369,50 @@ impl RunSpec {
     }
 }
 
+/// A break of an earlier day the run examines again: open, or closed by a
+/// run of the same day this run supersedes.
+struct CarriedRow {
+    break_id: String,
+    pair: Pair,
+    class: Class,
+    currency: String,
+    left: Option<Rec>,
+    right: Option<Rec>,
+    /// '' when open; else the superseded run that closed it.
+    closed_by: String,
+}
+
+/// A break resolved by hand with settle that this run settles: waiting for
+/// a run, or settled by a run of the same day this run supersedes.
+struct HandRow {
+    break_id: String,
+    currency: String,
+    bank: Rec,
+    /// '' while waiting; else the superseded run that settled it.
+    settled_by: String,
+}
+
 /// A run being fed: records of either side, rejected rows, the content hash.
 pub struct RunBuilder {
     spec: RunSpec,
     reconciler: Reconciler,
     currency: Option<String>,
+    /// The run's currency when it brings no record: its day's latest stored
+    /// run's, else the configured one.
+    idle_currency: String,
     rejected: Vec<pb::RejectedRow>,
     rejected_count: i64,
     ledger_records: i64,
     hasher: Sha256,
+    /// Loaded by `begin`; handed to the matchers once the run's currency is
+    /// known (breaks in another currency are left to a run in theirs).
+    carried: Vec<CarriedRow>,
+    hand: Vec<HandRow>,
+    installed: bool,
+    /// The breaks handed to the matchers: id → `closed_by`.
+    carried_in: HashMap<String, String>,
+    /// The hand resolutions settled: (id, `settled_by`).
+    hand_in: Vec<(String, String)>,
 }
 
 impl RunBuilder {
@@ -301,13 +439,42 @@ impl RunBuilder {
                 self.reject(book_pb(book), rec.line, reason);
                 return;
             }
-            None => self.currency = Some(currency),
+            None => {
+                self.install(&currency);
+                self.currency = Some(currency);
+            }
             _ => {}
         }
         if book == Book::Ledger {
             self.ledger_records += 1;
         }
         self.reconciler.feed(book, rec);
+    }
+
+    /// Hands the earlier breaks in the run's `currency` to the matchers,
+    /// before the run's first record: a run settles in one currency only.
+    fn install(&mut self, currency: &str) {
+        if self.installed {
+            return;
+        }
+        self.installed = true;
+        for c in std::mem::take(&mut self.carried) {
+            if c.currency == currency
+                && self
+                    .reconciler
+                    .carry(c.pair, c.break_id.clone(), c.class, c.left, c.right)
+            {
+                self.carried_in.insert(c.break_id, c.closed_by);
+            }
+        }
+        for h in std::mem::take(&mut self.hand) {
+            if h.currency == currency {
+                self.reconciler
+                    .bank_partner
+                    .settle_resolved(h.break_id.clone(), &h.bank);
+                self.hand_in.push((h.break_id, h.settled_by));
+            }
+        }
     }
 
     /// A row left out of matching.
@@ -388,8 +555,22 @@ fn summary_pb(o: &Outcome, currency: &str) -> Vec<pb::ClassSummary> {
 }
 
 impl Reconciliation {
-    pub fn new(db: Db, ledger: Option<FundingLedger>) -> Self {
-        Reconciliation { db, ledger }
+    pub fn new(db: Db, ledger: Option<FundingLedger>, settings: Settings) -> Self {
+        Reconciliation {
+            db,
+            ledger,
+            settings,
+        }
+    }
+
+    /// Today's business date in the configured time zone.
+    pub fn today(&self) -> chrono::NaiveDate {
+        self.settings.clock.business_date(self.settings.time_zone)
+    }
+
+    /// Now (epoch milliseconds), by the configured clock.
+    fn now(&self) -> i64 {
+        self.settings.clock.now_millis()
     }
 
     /// Stores a validated batch of one side's records.
@@ -437,42 +618,127 @@ impl Reconciliation {
         Ok(resp.accepted)
     }
 
-    /// Starts a run: carries in the partner's open "missing" breaks of
-    /// earlier days and, for a three-way run, loads the funding ledger.
+    /// Starts a run: loads the breaks it examines again (the partner's open
+    /// breaks of earlier days, of every class, and those that runs of the same
+    /// day, which this run supersedes, closed by re-matching) and the hand
+    /// resolutions it settles; for a three-way run, loads the funding ledger.
     pub async fn begin(&self, spec: RunSpec) -> ApiResult<RunBuilder> {
         let three_way = spec.options.three_way;
         let mut b = RunBuilder {
             reconciler: Reconciler::new(spec.tolerance(), three_way),
             spec,
             currency: None,
+            idle_currency: self.settings.currency.as_str().to_string(),
             rejected: Vec::new(),
             rejected_count: 0,
             ledger_records: 0,
             hasher: Sha256::new(),
+            carried: Vec::new(),
+            hand: Vec::new(),
+            installed: false,
+            carried_in: HashMap::new(),
+            hand_in: Vec::new(),
         };
-        let rows = sqlx::query(
-            "SELECT break_id, pair, break_class, left_record, right_record FROM recon_breaks \
-             WHERE partner_id = $1 AND status = 'OPEN' AND business_date < $2 \
-             AND break_class IN ('MISSING_ON_BANK_SIDE', 'MISSING_ON_PARTNER_SIDE', 'MISSING_IN_LEDGER') \
-             ORDER BY break_id",
+        let (partner, day) = (&b.spec.partner_id, &b.spec.business_date);
+        let latest: Option<(String,)> = sqlx::query_as(
+            "SELECT body FROM recon_runs WHERE partner_id = $1 AND business_date = $2 \
+             ORDER BY created_at DESC, run_id DESC LIMIT 1",
         )
-        .bind(&b.spec.partner_id)
-        .bind(&b.spec.business_date)
+        .bind(partner)
+        .bind(day)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        if let Some((body,)) = latest {
+            let run = hex::decode(body)
+                .map_err(ApiError::internal)
+                .and_then(|b| pb::Run::decode(b.as_slice()).map_err(ApiError::internal))?;
+            if let Some(c) = run
+                .settlement
+                .and_then(|s| s.partner_owes_bank)
+                .map(|m| m.currency_code)
+                .filter(|c| domain::currency_shaped(c))
+            {
+                b.idle_currency = c;
+            }
+        }
+        let cols = "break_id, pair, break_class, currency, left_record, right_record, resolved_by_run_id, \
+                    settled_by_run_id, status";
+        let open = sqlx::query(&format!(
+            "SELECT {cols} FROM recon_breaks \
+             WHERE partner_id = $1 AND status = 'OPEN' AND business_date < $2 ORDER BY break_id"
+        ))
+        .bind(partner)
+        .bind(day)
         .fetch_all(&self.db.pool)
         .await?;
-        for row in rows {
-            let (id, pair): (String, String) = (row.get(0), row.get(1));
-            let Some(pair) = Pair::parse(&pair) else {
-                continue;
-            };
-            let (l, r): (String, String) = (row.get(3), row.get(4));
-            let (left, rec) = match (record_of_hex(&l), record_of_hex(&r)) {
-                (Some(x), _) => (true, x),
-                (None, Some(x)) => (false, x),
-                _ => continue,
-            };
-            if let (Ok((rec, _)), Some(m)) = (rec_of(rec), b.reconciler.matcher(pair)) {
-                m.carry(id, left, rec);
+        let closed_today = sqlx::query(&format!(
+            "SELECT {cols} FROM recon_breaks \
+             WHERE resolved_by_run_id IN (SELECT run_id FROM recon_runs WHERE partner_id = $1 AND business_date = $2) \
+             AND partner_id = $1 AND status = 'RESOLVED' AND resolution_kind IN ('MATCHED', 'REPLACED', 'CLEARED') \
+             AND business_date < $2 ORDER BY break_id"
+        ))
+        .bind(partner)
+        .bind(day)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let hand = sqlx::query(&format!(
+            "SELECT {cols} FROM recon_breaks \
+             WHERE partner_id = $1 AND settle_on > '' AND settle_on <= $2 AND resolution_kind = 'BY_HAND' \
+             AND (settled_by_run_id = '' OR settled_by_run_id IN \
+             (SELECT run_id FROM recon_runs WHERE partner_id = $1 AND business_date = $2)) ORDER BY break_id"
+        ))
+        .bind(partner)
+        .bind(day)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let record = |hex: String| -> ApiResult<Option<Rec>> {
+            match record_of_hex(&hex) {
+                None if hex.is_empty() => Ok(None),
+                None => Err(ApiError::internal(anyhow::anyhow!(
+                    "a stored break record does not decode"
+                ))),
+                Some(r) => stored_rec_of(r).map(|(r, _)| Some(r)).map_err(|e| {
+                    ApiError::internal(anyhow::anyhow!("a stored break record is invalid: {e}"))
+                }),
+            }
+        };
+        let decode = |row: &sqlx::any::AnyRow| -> ApiResult<CarriedRow> {
+            let pair: String = row.try_get("pair")?;
+            let class: String = row.try_get("break_class")?;
+            let status: String = row.try_get("status")?;
+            Ok(CarriedRow {
+                break_id: row.try_get("break_id")?,
+                pair: Pair::parse(&pair).ok_or_else(|| {
+                    ApiError::internal(anyhow::anyhow!("stored break pair {pair:?}"))
+                })?,
+                class: Class::parse(&class).ok_or_else(|| {
+                    ApiError::internal(anyhow::anyhow!("stored break class {class:?}"))
+                })?,
+                currency: row.try_get("currency")?,
+                left: record(row.try_get("left_record")?)?,
+                right: record(row.try_get("right_record")?)?,
+                closed_by: if status == "OPEN" {
+                    String::new()
+                } else {
+                    row.try_get("resolved_by_run_id")?
+                },
+            })
+        };
+        for row in open.iter().chain(&closed_today) {
+            let c = decode(row)?;
+            if c.left.is_some() || c.right.is_some() {
+                b.carried.push(c);
+            }
+        }
+        for row in &hand {
+            let c = decode(row)?;
+            if let (Pair::BankPartner, Some(bank)) = (c.pair, c.left) {
+                b.hand.push(HandRow {
+                    break_id: c.break_id,
+                    currency: c.currency,
+                    bank,
+                    settled_by: row.try_get("settled_by_run_id")?,
+                });
             }
         }
         if three_way {
@@ -524,34 +790,44 @@ impl Reconciliation {
         request_id: String,
         hash: String,
     ) -> ApiResult<pb::Run> {
+        let mut b = b;
+        // A run without records still takes over its day's earlier runs: in
+        // the currency of the latest of them, else the configured one.
+        let currency = b
+            .currency
+            .clone()
+            .unwrap_or_else(|| b.idle_currency.clone());
+        b.install(&currency);
         let RunBuilder {
             spec,
             reconciler,
-            currency,
             rejected,
             rejected_count,
             ledger_records,
+            carried_in,
+            hand_in,
             ..
         } = b;
-        let currency = currency.unwrap_or_else(|| "CNY".to_string());
         // Matching the leftovers and encoding the settlement lines is CPU
         // work: keep it off the async workers.
         let c = currency.clone();
         let dry_run = spec.options.dry_run;
         let (outcomes, chunks) = tokio::task::spawn_blocking(move || {
-            let outcomes = reconciler.finish();
+            let outcomes = reconciler.finish()?;
             let chunks = if dry_run {
                 Vec::new()
             } else {
                 encode_lines(&outcomes[0].lines, &c)
             };
-            (outcomes, chunks)
+            Ok::<_, Overflow>((outcomes, chunks))
         })
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::internal)?
+        .map_err(overflow)?;
         let bp = &outcomes[0];
         let c = currency.as_str();
         let s = bp.settlement;
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         let mut run = pb::Run {
             run_id: String::new(),
             partner_id: spec.partner_id.clone(),
@@ -561,14 +837,18 @@ impl Reconciliation {
             classes: summary_pb(bp, c),
             open_breaks: bp.open_breaks(),
             settlement: Some(pb::Settlement {
-                partner_owes_bank: money(s.partner_owes_bank(), c),
+                partner_owes_bank: money(
+                    s.partner_owes_bank()
+                        .ok_or_else(|| overflow(Overflow("net settlement")))?,
+                    c,
+                ),
                 partner_disbursement_share: money(s.partner_disbursement_share, c),
                 partner_repayment_share: money(s.partner_repayment_share, c),
                 partner_owes_gross: money(s.partner_owes_gross, c),
                 bank_owes_gross: money(s.bank_owes_gross, c),
                 lines: s.lines,
             }),
-            completed_at: Some(timestamp(now_millis())),
+            completed_at: Some(timestamp(self.now())),
             options: Some(spec.options),
             ledger_records,
             ledger_pairs: outcomes[1..]
@@ -581,21 +861,35 @@ impl Reconciliation {
                 .collect(),
             rejected_rows: rejected_count,
             rejected,
-            resolved_earlier_breaks: outcomes.iter().map(|o| o.resolved.len() as i64).sum(),
+            resolved_earlier_breaks: count(
+                outcomes
+                    .iter()
+                    .map(|o| o.resolved.len() + o.cleared.len())
+                    .sum(),
+            ),
             matched_one_to_one: bp.one_to_one,
             matched_one_to_many: bp.one_to_many,
             matched_many_to_one: bp.many_to_one,
             matched_within_tolerance: bp.within_tolerance,
+            replaced_earlier_breaks: count(outcomes.iter().map(|o| o.replaced.len()).sum()),
+            settled_hand_resolved_breaks: count(bp.settled.len()),
         };
         if dry_run {
+            // What the run would be: refused as the run itself would be.
+            let mut conn = self.db.pool.acquire().await?;
+            day_taken_further(&mut conn, &run, &currency).await?;
             return Ok(run);
         }
+        let now = self.now();
         idempotency::run(&self.db, scope, request_id, hash, move |tx| {
             Box::pin(async move {
-                let now = now_millis();
                 let run_id = format!("run_{}", uuid::Uuid::now_v7().simple());
                 run.run_id = run_id.clone();
-                store_run(tx, &run, &outcomes, chunks, &currency, now).await?;
+                let earlier = Earlier {
+                    carried_in: &carried_in,
+                    hand_in: &hand_in,
+                };
+                store_run(tx, &run, &outcomes, earlier, chunks, &currency, now).await?;
                 for o in &outcomes {
                     for (class, (count, _)) in &o.classes {
                         metrics::counter!("colend_recon_items_total", "class" => class.name())
@@ -670,7 +964,11 @@ impl Reconciliation {
         .bind(page_size + 1)
         .fetch_all(&self.db.pool)
         .await?;
-        let mut out: Vec<pb::Break> = rows.iter().map(break_of_row).collect();
+        let day = Days {
+            tz: self.settings.time_zone,
+            today: self.today(),
+        };
+        let mut out: Vec<pb::Break> = rows.iter().map(|r| break_of_row(r, day)).collect();
         let next = if out.len() as i64 > page_size {
             out.truncate(page_size as usize);
             out.last().map(|b| b.break_id.clone()).unwrap_or_default()
@@ -680,7 +978,9 @@ impl Reconciliation {
         Ok((out, next))
     }
 
-    /// Closes an open break by hand.
+    /// Closes an open break by hand. With `settle`, the bank's record behind
+    /// it settles in the partner's next stored run (in the break's currency)
+    /// whose business day is today's, in the business time zone, or later.
     pub async fn resolve(
         &self,
         request_id: String,
@@ -688,8 +988,19 @@ impl Reconciliation {
         break_id: String,
         resolved_by: String,
         reason: String,
+        settle: bool,
     ) -> ApiResult<pb::Break> {
         let scope = "ResolveBreak".to_string();
+        let day = Days {
+            tz: self.settings.time_zone,
+            today: self.today(),
+        };
+        let now = self.now();
+        let settle_on = if settle {
+            format_date(day.today)
+        } else {
+            String::new()
+        };
         idempotency::run(&self.db, scope, request_id, hash, move |tx| {
             Box::pin(async move {
                 let row = sqlx::query(&format!(
@@ -699,21 +1010,46 @@ impl Reconciliation {
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or_else(|| ApiError::NotFound("break".into()))?;
-                if break_of_row(&row).status == pb::BreakStatus::Resolved as i32 {
+                let b = break_of_row(&row, day);
+                if b.status == pb::BreakStatus::Resolved as i32 {
                     return Err(ApiError::InvalidState(format!(
                         "break {break_id} is already resolved"
                     )));
                 }
-                sqlx::query(
+                if settle {
+                    let why = if b.pair != pb::Pair::BankPartner as i32 {
+                        Some("only a BANK_PARTNER break settles")
+                    } else if b.break_class == pb::BreakClass::Duplicate as i32 {
+                        Some("a DUPLICATE is a copy of a transaction already matched; it settles nothing")
+                    } else if b.bank_record.is_none() {
+                        Some("it has no bank record to settle from (the bank books it, and a later run matches it)")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        return Err(ApiError::InvalidState(format!(
+                            "break {break_id} cannot be settled: {why}"
+                        )));
+                    }
+                }
+                let done = sqlx::query(
                     "UPDATE recon_breaks SET status = 'RESOLVED', resolved_by = $1, resolution_reason = $2, \
-                     resolved_at = $3 WHERE break_id = $4 AND status = 'OPEN'",
+                     resolved_at = $3, resolution_kind = 'BY_HAND', settle_on = $4 \
+                     WHERE break_id = $5 AND status = 'OPEN'",
                 )
                 .bind(&resolved_by)
                 .bind(&reason)
-                .bind(now_millis())
+                .bind(now)
+                .bind(&settle_on)
                 .bind(&break_id)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
+                if done != 1 {
+                    return Err(ApiError::InvalidState(format!(
+                        "break {break_id} is already resolved"
+                    )));
+                }
                 let row = sqlx::query(&format!(
                     "SELECT {BREAK_COLUMNS} FROM recon_breaks WHERE break_id = $1"
                 ))
@@ -721,7 +1057,7 @@ impl Reconciliation {
                 .fetch_one(&mut *tx)
                 .await?;
                 Ok(pb::ResolveBreakResponse {
-                    r#break: Some(break_of_row(&row)),
+                    r#break: Some(break_of_row(&row, day)),
                 })
             })
         })
@@ -789,9 +1125,16 @@ fn encode_lines(lines: &domain::SettlementLines, c: &str) -> Vec<Vec<u8>> {
 
 const BREAK_COLUMNS: &str = "break_id, run_id, partner_id, business_date, pair, break_class, status, transaction_id, \
     loan_id, currency, bank_amount, partner_amount, ledger_amount, detail, components, left_record, right_record, \
-    resolved_by, resolution_reason, resolved_at, resolved_by_run_id";
+    resolved_by, resolution_reason, resolved_at, resolved_by_run_id, resolution_kind, settle_on, settled_by_run_id";
 
-fn break_of_row(r: &sqlx::any::AnyRow) -> pb::Break {
+/// The business time zone and today's date in it, for a break's age.
+#[derive(Clone, Copy)]
+struct Days {
+    tz: Tz,
+    today: chrono::NaiveDate,
+}
+
+fn break_of_row(r: &sqlx::any::AnyRow, days: Days) -> pb::Break {
     let pair = Pair::parse(&r.get::<String, _>(4)).unwrap_or(Pair::BankPartner);
     let c: String = r.get(9);
     let status = if r.get::<String, _>(6) == "RESOLVED" {
@@ -799,16 +1142,21 @@ fn break_of_row(r: &sqlx::any::AnyRow) -> pb::Break {
     } else {
         pb::BreakStatus::Open
     };
-    let business_date: String = r.get(3);
+    let day: String = r.get(3);
     let resolved_at: i64 = r.get(19);
+    // Both ends are business days in the configured time zone.
     let until = if status == pb::BreakStatus::Resolved {
-        colend_platform::time::datetime(resolved_at).date_naive()
+        business_date(days.tz, resolved_at)
     } else {
-        colend_platform::time::today()
+        days.today
     };
-    let age = colend_platform::time::parse_date(&business_date)
-        .map(|d| (until - d).num_days().max(0) as i32)
+    let age = parse_date(&day)
+        .map(|d| i32::try_from((until - d).num_days().max(0)).unwrap_or(i32::MAX))
         .unwrap_or(0);
+    let kind: String = r.get(21);
+    let settle_on: String = r.get(22);
+    let settles = (kind == "MATCHED" && pair == Pair::BankPartner)
+        || (kind == "BY_HAND" && !settle_on.is_empty());
     let (l, rr): (String, String) = (r.get(15), r.get(16));
     let (left, right) = (record_of_hex(&l), record_of_hex(&rr));
     let (bank, partner, ledger) = match pair {
@@ -831,7 +1179,7 @@ fn break_of_row(r: &sqlx::any::AnyRow) -> pb::Break {
         detail: r.get(13),
         run_id: r.get(1),
         partner_id: r.get(2),
-        business_date,
+        business_date: day,
         pair: pair_pb(pair) as i32,
         status: status as i32,
         age_days: age,
@@ -848,48 +1196,273 @@ fn break_of_row(r: &sqlx::any::AnyRow) -> pb::Break {
             reason: r.get(18),
             resolved_at: Some(timestamp(resolved_at)),
             resolved_by_run_id: r.get(20),
+            settles,
+            settled_by_run_id: r.get(23),
         }),
     }
 }
 
+/// What a run took over from earlier runs (see [`RunBuilder`]).
+struct Earlier<'a> {
+    /// The breaks it examined again: id → the superseded run that had
+    /// closed it ('' when it was open).
+    carried_in: &'a HashMap<String, String>,
+    /// The hand resolutions it settled: (id, the superseded run that had
+    /// settled it, or '').
+    hand_in: &'a [(String, String)],
+}
+
+/// A run of this partner changed a break this run read meanwhile: the run
+/// is not stored, and a retry (with the same request id) reads the breaks
+/// again.
+fn concurrent_run() -> ApiError {
+    ApiError::Dependency {
+        service: "database".into(),
+        message: "another run of this partner changed its breaks meanwhile; retry with the same request id"
+            .into(),
+    }
+}
+
+/// A total of the day that does not fit in int64 minor units.
+fn overflow(o: Overflow) -> ApiError {
+    ApiError::field("records", &o.to_string())
+}
+
+/// `UPDATE recon_breaks SET {set} WHERE {cond} AND break_id IN (…)` over
+/// `ids`; `$1…` in `set` and `cond` take `binds`. Every id must still be in
+/// the state `cond` describes (the state the run read): one that is not was
+/// changed by another run meanwhile, and the run is refused.
+async fn update_breaks(
+    tx: &mut AnyConnection,
+    set: &str,
+    cond: &str,
+    binds: &[&str],
+    ids: &[&str],
+) -> ApiResult<()> {
+    for chunk in ids.chunks(ROWS_PER_INSERT) {
+        let marks: Vec<String> = (0..chunk.len())
+            .map(|i| format!("${}", binds.len() + i + 1))
+            .collect();
+        let sql = format!(
+            "UPDATE recon_breaks SET {set} WHERE {cond} AND break_id IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for v in binds {
+            q = q.bind(*v);
+        }
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        let n = q.execute(&mut *tx).await?.rows_affected();
+        if usize::try_from(n).ok() != Some(chunk.len()) {
+            return Err(concurrent_run());
+        }
+    }
+    Ok(())
+}
+
+/// The state a carried break was read in: open, or closed by re-matching in
+/// the superseded run `$1`.
+fn read_state(closed_by: &str) -> &'static str {
+    if closed_by.is_empty() {
+        "status = 'OPEN' AND $1 = ''"
+    } else {
+        "status = 'RESOLVED' AND resolution_kind IN ('MATCHED', 'REPLACED', 'CLEARED') AND resolved_by_run_id = $1"
+    }
+}
+
+/// The pairs a run compares, as an SQL list: bank–partner, and in a
+/// three-way run both ledger pairs. A run supersedes, reopens and guards only
+/// these; the ledger breaks of an earlier three-way run of the day stand
+/// against a run that is not three-way.
+fn compared_pairs(run: &pb::Run) -> &'static str {
+    if run.options.as_ref().is_some_and(|o| o.three_way) {
+        "'BANK_PARTNER', 'BANK_LEDGER', 'PARTNER_LEDGER'"
+    } else {
+        "'BANK_PARTNER'"
+    }
+}
+
+/// Refuses to reconcile a day again (`INVALID_STATE`) once one of its
+/// breaks, in the run's currency and a pair the run compares, was closed by
+/// a later day's run (its records matched, cleared or carried on) or by a
+/// person: a new run of the day would find those transactions again, and
+/// could settle money that already settled. Corrections of such a day are
+/// sent in a later day's run, which re-matches the day's open breaks.
+async fn day_taken_further(
+    conn: &mut AnyConnection,
+    run: &pb::Run,
+    currency: &str,
+) -> ApiResult<()> {
+    let row = sqlx::query(&format!(
+        "SELECT b.break_id, b.resolution_kind, b.resolved_by, b.resolved_by_run_id, \
+         COALESCE((SELECT r.business_date FROM recon_runs r WHERE r.run_id = b.resolved_by_run_id), '') AS run_day \
+         FROM recon_breaks b WHERE b.partner_id = $1 AND b.business_date = $2 AND b.currency = $3 \
+         AND b.status = 'RESOLVED' AND b.resolution_kind IN ('MATCHED', 'REPLACED', 'CLEARED', 'BY_HAND') \
+         AND b.pair IN ({}) ORDER BY b.break_id LIMIT 1",
+        compared_pairs(run)
+    ))
+    .bind(&run.partner_id)
+    .bind(&run.business_date)
+    .bind(currency)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let break_id: String = row.try_get("break_id")?;
+    let kind: String = row.try_get("resolution_kind")?;
+    let how = if kind == "BY_HAND" {
+        let who: String = row.try_get("resolved_by")?;
+        format!("resolved by hand by {who}")
+    } else {
+        let by: String = row.try_get("resolved_by_run_id")?;
+        let day: String = row.try_get("run_day")?;
+        format!("closed by run {by} of {day}")
+    };
+    Err(ApiError::InvalidState(format!(
+        "business day {} cannot be reconciled again in {currency}: its break {break_id} was {how}; \
+         send corrections in a later day's run, which re-matches the day's open breaks",
+        run.business_date
+    )))
+}
+
 /// Writes a run, its breaks and settlement lines, and closes the earlier
-/// breaks it resolved or superseded; all in the caller's transaction.
+/// breaks it resolved, replaced or superseded; all in the caller's transaction.
 async fn store_run(
     tx: &mut AnyConnection,
     run: &pb::Run,
     outcomes: &[Outcome],
+    earlier: Earlier<'_>,
     chunks: Vec<Vec<u8>>,
     currency: &str,
     now: i64,
 ) -> ApiResult<()> {
     let run_id = &run.run_id;
-    // A day reconciled again supersedes the earlier runs of that day.
-    sqlx::query(
+    // A day reconciled again supersedes the earlier runs of that day in the
+    // same currency, in the pairs this run compares: their open breaks close
+    // here; what they resolved and settled this run examined and settled
+    // again (below).
+    sqlx::query(&format!(
         "UPDATE recon_breaks SET status = 'RESOLVED', resolved_by = 'colend-reconciliation', \
-         resolution_reason = 'superseded: the day was reconciled again', resolved_at = $1, resolved_by_run_id = $2 \
-         WHERE partner_id = $3 AND business_date = $4 AND status = 'OPEN'",
-    )
+         resolution_reason = 'superseded: the day was reconciled again', resolved_at = $1, resolved_by_run_id = $2, \
+         resolution_kind = 'SUPERSEDED', settled_by_run_id = '' \
+         WHERE partner_id = $3 AND business_date = $4 AND currency = $5 AND status = 'OPEN' AND pair IN ({})",
+        compared_pairs(run)
+    ))
     .bind(now)
     .bind(run_id)
     .bind(&run.partner_id)
     .bind(&run.business_date)
+    .bind(currency)
     .execute(&mut *tx)
     .await?;
+    // Checked after the update above, which waits for any run or hand
+    // resolution closing these breaks at the same time: what they committed
+    // is seen here.
+    day_taken_further(tx, run, currency).await?;
+    // Earlier breaks examined again, by what became of them and the state
+    // they were read in.
+    let mut resolved: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut cleared: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut touched: HashSet<&str> = HashSet::new();
+    let mut offset = 0usize;
     for o in outcomes {
-        for ids in o.resolved.chunks(ROWS_PER_INSERT) {
-            let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
-            let sql = format!(
-                "UPDATE recon_breaks SET status = 'RESOLVED', resolved_by = 'colend-reconciliation', \
-                 resolution_reason = 'the missing record arrived', resolved_at = $1, resolved_by_run_id = $2 \
-                 WHERE status = 'OPEN' AND break_id IN ({})",
-                marks.join(", ")
-            );
-            let mut q = sqlx::query(&sql).bind(now).bind(run_id);
-            for id in ids {
-                q = q.bind(id);
-            }
-            q.execute(&mut *tx).await?;
+        for id in &o.resolved {
+            let closed_by = earlier.carried_in.get(id).map_or("", String::as_str);
+            resolved.entry(closed_by).or_default().push(id);
+            touched.insert(id);
         }
+        for id in &o.cleared {
+            let closed_by = earlier.carried_in.get(id).map_or("", String::as_str);
+            cleared.entry(closed_by).or_default().push(id);
+            touched.insert(id);
+        }
+        for (id, at) in &o.replaced {
+            let closed_by = earlier.carried_in.get(id).map_or("", String::as_str);
+            let by = format!("{run_id}-{:08}", offset + at);
+            let reason =
+                format!("re-examined with a later record: still differs; carried on by break {by}");
+            update_breaks(
+                tx,
+                &format!(
+                    "status = 'RESOLVED', resolved_by = 'colend-reconciliation', resolution_reason = $2, \
+                     resolved_at = {now}, resolved_by_run_id = $3, resolution_kind = 'REPLACED', settled_by_run_id = ''"
+                ),
+                read_state(closed_by),
+                &[closed_by, &reason, run_id],
+                &[id],
+            )
+            .await?;
+            touched.insert(id);
+        }
+        offset += o.breaks.len();
+    }
+    for (closed_by, ids) in &resolved {
+        // Settled in this run when the pair is the bank and the partner.
+        update_breaks(
+            tx,
+            &format!(
+                "status = 'RESOLVED', resolved_by = 'colend-reconciliation', \
+                 resolution_reason = 're-matched: a later record makes it match', resolved_at = {now}, \
+                 resolved_by_run_id = $2, resolution_kind = 'MATCHED', \
+                 settled_by_run_id = CASE WHEN pair = 'BANK_PARTNER' THEN $2 ELSE '' END"
+            ),
+            read_state(closed_by),
+            &[closed_by, run_id],
+            ids,
+        )
+        .await?;
+    }
+    for (closed_by, ids) in &cleared {
+        // A duplicate settles nothing: its transaction settled when its
+        // first records matched.
+        update_breaks(
+            tx,
+            &format!(
+                "status = 'RESOLVED', resolved_by = 'colend-reconciliation', \
+                 resolution_reason = 'cleared: the other side sent the same copy; a duplicate settles nothing', \
+                 resolved_at = {now}, resolved_by_run_id = $2, resolution_kind = 'CLEARED', settled_by_run_id = ''"
+            ),
+            read_state(closed_by),
+            &[closed_by, run_id],
+            ids,
+        )
+        .await?;
+    }
+    // Closed by a superseded run of the day and not by this one: open again.
+    let mut reopen: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (id, closed_by) in earlier.carried_in {
+        if !closed_by.is_empty() && !touched.contains(id.as_str()) {
+            reopen.entry(closed_by).or_default().push(id);
+        }
+    }
+    for (closed_by, ids) in &reopen {
+        update_breaks(
+            tx,
+            "status = 'OPEN', resolved_by = '', resolution_reason = '', resolved_at = 0, \
+             resolved_by_run_id = '', resolution_kind = '', settled_by_run_id = ''",
+            read_state(closed_by),
+            &[closed_by],
+            ids,
+        )
+        .await?;
+    }
+    // Hand resolutions settled by this run.
+    let mut hand: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (id, settled_by) in earlier.hand_in {
+        hand.entry(settled_by).or_default().push(id);
+    }
+    for (settled_by, ids) in &hand {
+        update_breaks(
+            tx,
+            "settled_by_run_id = $2",
+            "status = 'RESOLVED' AND resolution_kind = 'BY_HAND' AND settle_on > '' AND settled_by_run_id = $1",
+            &[settled_by, run_id],
+            ids,
+        )
+        .await?;
     }
     let items: Vec<&BreakItem> = outcomes.iter().flat_map(|o| o.breaks.iter()).collect();
     const COLS: usize = 17;
@@ -961,4 +1534,79 @@ async fn store_run(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_record_needs_only_the_shape_of_a_currency_code() {
+        let rec = |code: &str| {
+            let m = |v: i64| {
+                Some(Money {
+                    minor_units: v,
+                    currency_code: code.to_string(),
+                })
+            };
+            pb::Record {
+                kind: pb::RecordKind::Repayment as i32,
+                transaction_id: "t1".into(),
+                loan_id: "l1".into(),
+                value_date: "2026-11-23".into(),
+                amount: m(1_000),
+                bank_portion: m(700),
+                partner_portion: m(300),
+                ..Default::default()
+            }
+        };
+        for code in ["RMB", "XTS"] {
+            // New input: refused by the ISO 4217 table.
+            let e = rec_of(rec(code)).unwrap_err();
+            assert!(e.contains("amount.currency_code"), "{e}");
+            // Stored with a break by an earlier version: read back.
+            let (r, c) = stored_rec_of(rec(code)).unwrap();
+            assert_eq!((r.amount, c.as_str()), (1_000, code));
+        }
+        assert!(stored_rec_of(rec("CNY")).is_ok());
+        // The shape is still checked, and every other rule.
+        assert!(stored_rec_of(rec("rmb")).is_err());
+        let mut bad = rec("RMB");
+        bad.partner_portion = None;
+        assert!(stored_rec_of(bad).is_err());
+    }
+
+    #[test]
+    fn the_currency_of_a_run_without_records_is_an_iso_code() {
+        assert_eq!(currency("INR").unwrap(), colend_core::Currency::INR);
+        assert_eq!(
+            currency(DEFAULT_CURRENCY).unwrap(),
+            Settings::default().currency
+        );
+        for bad in ["RMB", "XTS", "cny", ""] {
+            let e = currency(bad).unwrap_err().to_string();
+            assert!(e.contains("COLEND_RECON_CURRENCY"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_business_time_zone_is_an_iana_name() {
+        assert_eq!(time_zone("Asia/Kolkata").unwrap(), Tz::Asia__Kolkata);
+        assert_eq!(
+            time_zone(DEFAULT_TIME_ZONE).unwrap(),
+            Settings::default().time_zone
+        );
+        for bad in ["UTC+8", "Beijing", ""] {
+            let e = time_zone(bad).unwrap_err().to_string();
+            assert!(e.contains("COLEND_RECON_TIME_ZONE"), "{e}");
+        }
+        // 16:30 UTC on 30 November is already 1 December in Shanghai, and
+        // still 30 November in Kolkata (22:00).
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-30T16:30:00Z")
+            .unwrap()
+            .timestamp_millis();
+        let day = |tz| format_date(business_date(tz, at));
+        assert_eq!(day(Tz::Asia__Shanghai), "2026-12-01");
+        assert_eq!(day(Tz::Asia__Kolkata), "2026-11-30");
+    }
 }

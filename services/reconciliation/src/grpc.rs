@@ -313,7 +313,14 @@ impl ReconciliationService for ReconGrpc {
         let hash = request_hash(&r);
         let b = self
             .app
-            .resolve(r.request_id, hash, r.break_id, r.resolved_by, r.reason)
+            .resolve(
+                r.request_id,
+                hash,
+                r.break_id,
+                r.resolved_by,
+                r.reason,
+                r.settle,
+            )
             .await?;
         Ok(Response::new(pb::ResolveBreakResponse { r#break: Some(b) }))
     }

@@ -25,6 +25,11 @@ pub async fn migrate(backends: &colend_platform::config::Backends) -> anyhow::Re
 }
 
 pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
+    register_with(mesh, app::Settings::from_env()?).await
+}
+
+/// `register` with the settings given rather than read from the environment.
+pub async fn register_with(mesh: Mesh, settings: app::Settings) -> anyhow::Result<Registered> {
     let db = colend_platform::Db::connect(&mesh.backends, "reconciliation", &MIGRATOR).await?;
     colend_platform::audit::register(SERVICE, &db);
     colend_platform::idempotency::spawn_retention(&db)?;
@@ -32,7 +37,7 @@ pub async fn register(mesh: Mesh) -> anyhow::Result<Registered> {
         colend_platform::grpc::traced_channel(&mesh.endpoints.funding)?,
         mesh.call_timeout,
     );
-    let server = grpc::server(app::Reconciliation::new(db, Some(ledger)));
+    let server = grpc::server(app::Reconciliation::new(db, Some(ledger), settings));
     Ok(Registered::new(SERVICE, move |routes| {
         routes.add_service(server);
     }))
