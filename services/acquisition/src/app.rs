@@ -199,6 +199,23 @@ impl Acquisition {
             .map_err(ApiError::Internal)?;
         let scope = format!("SubmitApplication:{partner_id}");
         let request_id = r.request_id.clone();
+        // The loan will be in the requested currency: refused at once
+        // (CURRENCY_MISMATCH, nothing recorded) when the bank's credit
+        // policy or the partner's agreement is in another. A replay of a
+        // submission already recorded is answered by its record instead.
+        let currency = r
+            .requested_amount
+            .as_ref()
+            .map(|m| m.currency_code.clone())
+            .unwrap_or_default();
+        if let Err(e) = self
+            .journey
+            .currency_supported(&partner_id, &currency)
+            .await
+            && !self.recorded(&scope, &request_id).await?
+        {
+            return Err(e);
+        }
         let velocity = self.velocity;
         // The journey starts under this replica's lease, taken with the insert.
         let lease = self.journey.new_lease();
@@ -302,6 +319,18 @@ impl Acquisition {
         Ok(app)
     }
 
+    /// Whether a request id was already recorded under `scope`.
+    async fn recorded(&self, scope: &str, request_id: &str) -> ApiResult<bool> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT CAST(1 AS BIGINT) FROM idempotency_keys WHERE scope = $1 AND request_id = $2",
+        )
+        .bind(scope)
+        .bind(request_id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn get(&self, partner_id: &str, application_id: &str) -> ApiResult<pb::Application> {
         let mut conn = self.db.pool.acquire().await?;
         load(&mut conn, application_id, Some(partner_id))
@@ -318,17 +347,16 @@ impl Acquisition {
         before: &str,
         status: Option<Status>,
     ) -> ApiResult<(Vec<pb::Application>, String)> {
-        let before = if before.is_empty() {
-            "~".to_string()
-        } else {
-            before.to_string()
-        };
+        // The first page (no key) has no bound at all: a sentinel such as
+        // '~' sorts before letters under a database's non-C collation and
+        // would match nothing.
         let rows = sqlx::query(&format!(
-            "SELECT {APP_COLS} FROM applications WHERE ($1 = '' OR partner_id = $1) AND application_id < $2 \
+            "SELECT {APP_COLS} FROM applications WHERE ($1 = '' OR partner_id = $1) \
+             AND ($2 = '' OR application_id < $2) \
              AND ($3 = '' OR status = $3) ORDER BY application_id DESC LIMIT $4"
         ))
         .bind(partner_id)
-        .bind(&before)
+        .bind(before)
         .bind(status.map(|s| s.name()).unwrap_or(""))
         .bind(page_size + 1)
         .fetch_all(&self.db.pool)
@@ -346,7 +374,8 @@ impl Acquisition {
         Ok((apps, next))
     }
 
-    /// Records a disbursement or repayment reported by funding.
+    /// Records a disbursement or repayment reported by funding (SETTLED:
+    /// the repayment that settled the loan).
     pub async fn record_loan_event(
         &self,
         hash: String,
@@ -355,11 +384,12 @@ impl Acquisition {
         let event = match pb::ApplicationStatus::try_from(r.status) {
             Ok(pb::ApplicationStatus::Disbursed) => Status::Disbursed,
             Ok(pb::ApplicationStatus::Repaying) => Status::Repaying,
+            Ok(pb::ApplicationStatus::Settled) => Status::Settled,
             Ok(pb::ApplicationStatus::FundingRejected) => Status::FundingRejected,
             _ => {
                 return Err(ApiError::field(
                     "status",
-                    "must be DISBURSED, REPAYING or FUNDING_REJECTED",
+                    "must be DISBURSED, REPAYING, SETTLED or FUNDING_REJECTED",
                 ));
             }
         };

@@ -19,10 +19,12 @@ pub enum Status {
     /// still be under way. Goes on only to FAILED (the abandonment
     /// completed) or, when the disbursement happened after all, forward.
     Abandoning,
+    /// The loan was repaid in full (funding's loan is SETTLED): terminal.
+    Settled,
 }
 
 impl Status {
-    pub const ALL: [Status; 12] = [
+    pub const ALL: [Status; 13] = [
         Status::Submitted,
         Status::KycPassed,
         Status::KycRejected,
@@ -35,6 +37,7 @@ impl Status {
         Status::Failed,
         Status::Parked,
         Status::Abandoning,
+        Status::Settled,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -51,6 +54,7 @@ impl Status {
             Status::Failed => "FAILED",
             Status::Parked => "PARKED",
             Status::Abandoning => "ABANDONING",
+            Status::Settled => "SETTLED",
         }
     }
 
@@ -64,7 +68,11 @@ impl Status {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            Status::KycRejected | Status::Declined | Status::FundingRejected | Status::Failed
+            Status::KycRejected
+                | Status::Declined
+                | Status::FundingRejected
+                | Status::Failed
+                | Status::Settled
         )
     }
 
@@ -109,6 +117,10 @@ impl Status {
             (Status::FundsReserved | Status::Disbursed | Status::Repaying, Status::Repaying) => {
                 Status::Repaying
             }
+            // The repayment that settled the loan (the only one, or the last).
+            (Status::FundsReserved | Status::Disbursed | Status::Repaying, Status::Settled) => {
+                Status::Settled
+            }
             // A reservation voided before disbursement (released or expired).
             (Status::FundsReserved, Status::FundingRejected) => Status::FundingRejected,
             // The pivot happened for a parked or abandoning journey (its
@@ -116,8 +128,10 @@ impl Status {
             // forward only.
             (Status::Parked | Status::Abandoning, Status::Disbursed) => Status::Disbursed,
             (Status::Parked | Status::Abandoning, Status::Repaying) => Status::Repaying,
+            (Status::Parked | Status::Abandoning, Status::Settled) => Status::Settled,
             // Anything else changes nothing (a void reported while
-            // abandoning included: the abandonment closes the application).
+            // abandoning included: the abandonment closes the application;
+            // SETTLED is terminal).
             (s, _) => s,
         }
     }
@@ -179,6 +193,36 @@ mod tests {
         assert_eq!(Status::parse("ABANDONING"), Some(a));
         assert_eq!(Status::parse("abandoning"), None);
         assert_eq!(Status::parse(""), None);
+    }
+
+    #[test]
+    fn settled_is_terminal_and_follows_any_funded_status() {
+        let s = Status::Settled;
+        assert!(s.is_terminal() && !s.holds_borrower() && !s.is_in_progress());
+        assert_eq!(Status::parse("SETTLED"), Some(s));
+        for from in [
+            Status::FundsReserved,
+            Status::Disbursed,
+            Status::Repaying,
+            Status::Parked,
+            Status::Abandoning,
+        ] {
+            assert_eq!(from.after_loan_event(s), s, "{from:?}");
+        }
+        // Nothing moves a settled application, and SETTLED reopens nothing.
+        for e in [Status::Disbursed, Status::Repaying, Status::FundingRejected] {
+            assert_eq!(s.after_loan_event(e), s, "{e:?}");
+        }
+        for closed in [
+            Status::Declined,
+            Status::KycRejected,
+            Status::FundingRejected,
+            Status::Failed,
+            Status::Submitted,
+            Status::Approved,
+        ] {
+            assert_eq!(closed.after_loan_event(s), closed, "{closed:?}");
+        }
     }
 
     #[test]

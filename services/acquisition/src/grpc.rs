@@ -110,6 +110,22 @@ pub fn validate_submit(r: &pb::SubmitApplicationRequest) -> Result<(), ApiError>
             &s.invoice_turnover_12m,
             Amount::Optional,
         );
+        // The bank compares them with the requested amount: one currency.
+        if let Some(requested) = &r.requested_amount {
+            let c = requested.currency_code.as_str();
+            v.same_currency(
+                "scenario.annual_tax_revenue.currency_code",
+                &s.annual_tax_revenue,
+                c,
+                "requested_amount",
+            );
+            v.same_currency(
+                "scenario.invoice_turnover_12m.currency_code",
+                &s.invoice_turnover_12m,
+                c,
+                "requested_amount",
+            );
+        }
         v.check(
             (-10_000..=100_000).contains(&s.turnover_trend_bps),
             "scenario.turnover_trend_bps",

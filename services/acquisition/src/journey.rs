@@ -702,6 +702,60 @@ impl Journey {
         }
     }
 
+    /// Whether the bank can lend in `currency` to `partner`'s borrowers: the
+    /// credit policy's currency and the partner's agreement's, read when an
+    /// application is submitted. CURRENCY_MISMATCH (naming the currency
+    /// required) when either is another; Ok when both match, when the
+    /// partner has no agreement yet, or when either cannot be read now (the
+    /// journey's steps check again: credit declines and funding refuses an
+    /// amount in another currency, so no loan is ever in another currency
+    /// than its application).
+    pub async fn currency_supported(&self, partner: &str, currency: &str) -> ApiResult<()> {
+        let (mut credit_client, mut funding_client) = (self.credit.clone(), self.funding.clone());
+        let policy = credit_client.get_policy(request(
+            credit::GetPolicyRequest {},
+            self.timeout,
+            Some(partner),
+        ));
+        let agreement = funding_client.get_agreement(request(
+            funding::GetAgreementRequest {
+                partner_id: partner.to_string(),
+            },
+            self.timeout,
+            Some(partner),
+        ));
+        let (policy, agreement) = futures::join!(policy, agreement);
+        let policy_currency = policy.ok().and_then(|p| {
+            p.into_inner()
+                .policy
+                .and_then(|p| p.product_max_amount)
+                .map(|m| m.currency_code)
+        });
+        let agreement_currency = agreement.ok().and_then(|a| {
+            a.into_inner()
+                .agreement
+                .and_then(|a| a.total_quota)
+                .map(|m| m.currency_code)
+        });
+        if let Some(c) = policy_currency.filter(|c| c != currency) {
+            return Err(ApiError::currency_mismatch(
+                c.clone(),
+                format!(
+                    "the bank lends in {c} (its credit policy); the requested amount is in {currency}"
+                ),
+            ));
+        }
+        if let Some(c) = agreement_currency.filter(|c| c != currency) {
+            return Err(ApiError::currency_mismatch(
+                c.clone(),
+                format!(
+                    "partner {partner}'s co-lending agreement is in {c}; the requested amount is in {currency}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The compensation of the funding step, for an ABANDONING application:
     /// voids the reservation the journey may have made and closes the
     /// application to funding (ReleaseFunding by application id, request id
@@ -839,8 +893,17 @@ impl Journey {
         let input = match &s.credit_input {
             Some(input) => input.clone(),
             None => {
+                // In the application's currency: the caps it is measured against are.
+                let currency = s
+                    .req
+                    .requested_amount
+                    .as_ref()
+                    .map(|m| m.currency_code.clone())
+                    .unwrap_or_default();
                 let exposure = match self
-                    .with_retries(Some(fence), || self.exposure(&s.partner, &s.person_key))
+                    .with_retries(Some(fence), || {
+                        self.exposure(&s.partner, &s.person_key, &currency)
+                    })
                     .await?
                 {
                     Ok(exposure) => exposure,
@@ -864,15 +927,21 @@ impl Journey {
         .await
     }
 
-    /// What the borrower already owes across partners, from the bank's own books.
-    async fn exposure(&self, partner: &str, borrower_key: &str) -> ApiResult<Option<Money>> {
+    /// What the borrower already owes across partners in `currency` (the
+    /// application's), from the bank's own books.
+    async fn exposure(
+        &self,
+        partner: &str,
+        borrower_key: &str,
+        currency: &str,
+    ) -> ApiResult<Option<Money>> {
         Ok(self
             .funding
             .clone()
             .get_borrower_exposure(request(
                 funding::GetBorrowerExposureRequest {
                     borrower_key: borrower_key.to_string(),
-                    ..Default::default()
+                    currency_code: currency.to_string(),
                 },
                 self.timeout,
                 Some(partner),
@@ -954,12 +1023,7 @@ impl Journey {
                 detail: format!(
                     "approved by the bank: grade {}, {} over {} months at {} bps (all-in {} bps)",
                     d.grade,
-                    colend_core::money::format_minor(
-                        d.approved_amount
-                            .as_ref()
-                            .map(|m| m.minor_units)
-                            .unwrap_or(0)
-                    ),
+                    format_money(&d.approved_amount),
                     d.approved_term_months,
                     d.annual_rate_bps,
                     d.all_in_apr_bps
@@ -1012,9 +1076,7 @@ impl Journey {
                     partner_amount: loan.partner_amount.clone(),
                     agreement_version: loan.agreement_version,
                 };
-                let m = |x: &Option<Money>| {
-                    colend_core::money::format_minor(x.as_ref().map(|m| m.minor_units).unwrap_or(0))
-                };
+                let m = format_money;
                 // A replayed answer (a retry after a lost answer, a resumed
                 // journey) carries the loan as it stands now: voided
                 // meanwhile (released or expired), or disbursed by the bank.
@@ -1063,6 +1125,7 @@ impl Journey {
                 e @ (ApiError::QuotaExceeded { .. }
                 | ApiError::NotWhitelisted(_)
                 | ApiError::NoAgreement(_)
+                | ApiError::CurrencyMismatch { .. }
                 | ApiError::InvalidState(_)),
             ) => Ok(StepResult {
                 to: Status::FundingRejected,
@@ -1185,6 +1248,22 @@ fn past_the_pivot(id: &str) -> ApiError {
         "the loan of application {id} was disbursed: it cannot be abandoned, only recovered \
          forward (the application moves on to DISBURSED when the disbursement is recorded)"
     ))
+}
+
+/// An amount as people read it: its currency and the decimal places of the
+/// currency's minor unit ("CNY 200000.00", "JPY 5000").
+fn format_money(m: &Option<Money>) -> String {
+    let Some(m) = m else {
+        return "0".into();
+    };
+    match colend_core::Currency::parse(&m.currency_code) {
+        Ok(c) => format!("{c} {}", c.format(m.minor_units)),
+        Err(_) => format!(
+            "{} {}",
+            m.currency_code,
+            colend_core::money::format_minor(m.minor_units)
+        ),
+    }
 }
 
 /// A protobuf stored hex-encoded in column `column`; a value that does

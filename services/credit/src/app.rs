@@ -124,7 +124,8 @@ impl Credit {
         idempotency::run(&self.db, scope, request_id, hash, move |tx| {
             Box::pin(async move {
                 let now = now_millis();
-                let currency = policy.currency.clone();
+                // Decided in the request's currency (declined unless it is the policy's).
+                let currency = domain_currency(&input);
                 let money = |m: i64| Some(Money { minor_units: m, currency_code: currency.clone() });
                 let decision = pb::Decision {
                     decision_id: format!("dec_{}", uuid::Uuid::now_v7().simple()),
@@ -186,9 +187,18 @@ fn minor(m: &Option<Money>) -> i64 {
     m.as_ref().map(|m| m.minor_units).unwrap_or(0)
 }
 
+/// The currency of an input's amounts: its requested amount's.
+fn domain_currency(i: &pb::DecisionInput) -> String {
+    i.requested_amount
+        .as_ref()
+        .map(|m| m.currency_code.clone())
+        .unwrap_or_default()
+}
+
 fn to_domain(i: &pb::DecisionInput) -> Input {
     use colend_contracts::common::v1::RepaymentMethod as R;
     Input {
+        currency: domain_currency(i),
         age: i.applicant_age,
         region_code: i.region_code.clone(),
         purpose: i.purpose.clone(),

@@ -17,6 +17,9 @@ pub struct Policy {
     /// Loan purposes declined (rule C7), as LoanPurpose names without prefix.
     pub prohibited_purposes: Vec<String>,
     pub max_open_loans_elsewhere: i32,
+    /// The currency the bank lends in under this policy (ISO 4217): every
+    /// amount of the policy is in it, and a request in another currency is
+    /// declined (CURRENCY_MISMATCH): a limit in CNY says nothing of USD.
     pub currency: String,
     /// Product limits, minor units (rule C6b: 1,000,000 CNY fully online).
     pub product_max_amount: i64,
@@ -64,7 +67,7 @@ impl Policy {
                 "HOUSING,SECURITIES,FUTURES,EQUITY_INVESTMENT,FIXED_ASSETS",
             ),
             max_open_loans_elsewhere: env_parse("COLEND_CREDIT_MAX_OPEN_LOANS", 4)?,
-            currency: "CNY".into(),
+            currency: env_opt("COLEND_CREDIT_CURRENCY").unwrap_or_else(|| "CNY".into()),
             product_max_amount: env_parse("COLEND_CREDIT_PRODUCT_MAX_MINOR", 100_000_000)?,
             product_min_amount: env_parse("COLEND_CREDIT_PRODUCT_MIN_MINOR", 1_000_000)?,
             min_term_months: env_parse("COLEND_CREDIT_MIN_TERM_MONTHS", 3)?,
@@ -88,6 +91,12 @@ impl Policy {
         let mut p = Vec::new();
         if self.version.trim().is_empty() || self.version.len() > 64 {
             p.push(("version", "must be 1 to 64 characters"));
+        }
+        if colend_core::Currency::parse(&self.currency).is_err() {
+            p.push((
+                "currency",
+                "must be an active ISO 4217 currency such as CNY",
+            ));
         }
         if !(0 < self.min_age && self.min_age <= self.max_age && self.max_age <= 120) {
             p.push(("min_age", "ages must satisfy 0 < min_age <= max_age <= 120"));
@@ -155,6 +164,8 @@ pub enum Method {
 /// What the bank decides on.
 #[derive(Clone, Debug)]
 pub struct Input {
+    /// The currency of every amount below (the requested amount's).
+    pub currency: String,
     pub age: i32,
     pub region_code: String,
     pub purpose: String,
@@ -188,10 +199,11 @@ pub struct Outcome {
     pub all_in_apr_bps: i32,
 }
 
-const CNY: i64 = 100; // minor units per yuan
-
 /// Scorecard points (base 600). Coefficients are version `SCORECARD_VERSION`.
-pub fn score(i: &Input) -> i32 {
+/// Its revenue bands are in major units (yuan, calibrated on CNY) of the
+/// policy's currency: `unit` is that currency's minor units per major unit
+/// (100 for CNY, from its ISO 4217 exponent).
+pub fn score(i: &Input, unit: i64) -> i32 {
     let mut p = 600;
     p += match i.years_in_business {
         ..=0 => -30,
@@ -200,7 +212,7 @@ pub fn score(i: &Input) -> i32 {
         6..=10 => 40,
         _ => 50,
     };
-    p += match i.annual_tax_revenue / CNY {
+    p += match i.annual_tax_revenue / unit {
         ..200_000 => -20,
         200_000..1_000_000 => 0,
         1_000_000..5_000_000 => 25,
@@ -267,9 +279,10 @@ pub fn grade(pd_bps: i32) -> &'static str {
     }
 }
 
-/// Largest amount per grade, minor units.
-pub fn grade_limit(grade: &str) -> i64 {
-    CNY * match grade {
+/// Largest amount per grade, minor units: major units of the policy's
+/// currency times `unit` (its minor units per major unit).
+pub fn grade_limit(grade: &str, unit: i64) -> i64 {
+    unit * match grade {
         "A" => 1_000_000,
         "B" => 600_000,
         "C" => 300_000,
@@ -282,6 +295,13 @@ pub fn grade_limit(grade: &str) -> i64 {
 pub fn decide(i: &Input, p: &Policy) -> Outcome {
     let mut reasons: Vec<String> = Vec::new();
     let r = |reasons: &mut Vec<String>, c: &str| reasons.push(c.to_string());
+    // Every limit of the policy is in its currency: a request in another
+    // is declined, never compared with them.
+    if i.currency != p.currency {
+        r(&mut reasons, "CURRENCY_MISMATCH");
+    }
+    // Minor units per major unit of the policy's currency (valid: see `problems`).
+    let unit = colend_core::Currency::parse(&p.currency).map_or(100, |c| c.minor_per_major());
     if i.age < p.min_age || i.age > p.max_age {
         r(&mut reasons, "AGE_OUT_OF_RANGE");
     }
@@ -311,7 +331,7 @@ pub fn decide(i: &Input, p: &Policy) -> Outcome {
     if i.method == Method::InterestFirst && i.term_months > p.max_bullet_term_months {
         r(&mut reasons, "BULLET_TERM_TOO_LONG");
     }
-    let points = score(i);
+    let points = score(i, unit);
     let pd_bps = pd_from_points(points);
     let g = grade(pd_bps);
     if pd_bps > p.max_pd_bps {
@@ -325,13 +345,14 @@ pub fn decide(i: &Input, p: &Policy) -> Outcome {
     } else {
         p.per_borrower_cap
     };
-    let headroom = (cap - i.existing_exposure).max(0);
+    // Nothing left when the exposure is at or past the cap (or past any i64 headroom).
+    let headroom = cap.checked_sub(i.existing_exposure).map_or(0, |h| h.max(0));
     if headroom < p.product_min_amount {
         r(&mut reasons, "BORROWER_LIMIT_REACHED");
     }
     let approved_amount = i
         .requested_amount
-        .min(grade_limit(g))
+        .min(grade_limit(g, unit))
         .min(p.product_max_amount)
         .min(revenue_limit)
         .min(headroom);
@@ -377,8 +398,11 @@ mod tests {
         Policy::from_env().unwrap()
     }
 
+    const CNY: i64 = 100; // minor units per yuan
+
     fn good() -> Input {
         Input {
+            currency: "CNY".into(),
             age: 40,
             region_code: "350100".into(),
             purpose: "WORKING_CAPITAL".into(),
@@ -413,6 +437,56 @@ mod tests {
         // ACT/360 over a 365-day year, rounded up.
         assert_eq!(o.all_in_apr_bps, ((expected + p.fee_bps) * 365 + 359) / 360);
         assert!(o.all_in_apr_bps <= p.apr_cap_bps);
+    }
+
+    #[test]
+    fn a_request_in_another_currency_is_declined_not_compared() {
+        let p = policy();
+        let mut usd = good();
+        usd.currency = "USD".into();
+        let o = decide(&usd, &p);
+        assert!(!o.approved);
+        assert!(
+            o.reasons.contains(&"CURRENCY_MISMATCH".to_string()),
+            "{o:?}"
+        );
+        assert_eq!(o.approved_amount, 0);
+        // A policy in USD decides USD requests with the same figures.
+        let mut in_usd = p.clone();
+        in_usd.currency = "USD".into();
+        assert!(in_usd.problems().is_empty());
+        let o = decide(&usd, &in_usd);
+        assert!(o.approved, "{o:?}");
+        assert_eq!(o.approved_amount, decide(&good(), &p).approved_amount);
+        // A currency without minor units: bands and grade limits in whole yen.
+        let mut jpy = p.clone();
+        jpy.currency = "JPY".into();
+        jpy.product_min_amount = 10_000;
+        jpy.product_max_amount = 1_000_000;
+        jpy.per_borrower_cap = 1_000_000;
+        jpy.individual_borrower_cap = 200_000;
+        let mut yen = good();
+        yen.currency = "JPY".into();
+        yen.requested_amount = 300_000;
+        yen.annual_tax_revenue = 3_000_000;
+        yen.invoice_turnover_12m = 4_000_000;
+        let o = decide(&yen, &jpy);
+        assert!(o.approved, "{o:?}");
+        assert_eq!(o.points, decide(&good(), &p).points);
+        assert_eq!(o.approved_amount, 300_000);
+        // A policy currency that is not an ISO 4217 one is a problem.
+        let mut bad = p;
+        bad.currency = "XXX".into();
+        assert!(bad.problems().iter().any(|(f, _)| *f == "currency"));
+    }
+
+    #[test]
+    fn an_exposure_past_the_cap_leaves_no_headroom() {
+        let p = policy();
+        let mut i = good();
+        i.existing_exposure = i64::MAX;
+        let o = decide(&i, &p);
+        assert!(o.reasons.contains(&"BORROWER_LIMIT_REACHED".to_string()));
     }
 
     #[test]
@@ -457,7 +531,7 @@ mod tests {
         let mut i = good();
         i.requested_amount = 900_000 * CNY;
         let o = decide(&i, &p);
-        assert!(o.approved_amount <= grade_limit(o.grade));
+        assert!(o.approved_amount <= grade_limit(o.grade, CNY));
         assert!(o.approved_amount <= i.annual_tax_revenue.max(i.invoice_turnover_12m) / 2);
     }
 

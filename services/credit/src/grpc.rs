@@ -69,6 +69,21 @@ fn from_pb(p: &pb::Policy, v: &mut Violations) -> Policy {
         .as_ref()
         .map(|m| m.currency_code.clone())
         .unwrap_or_default();
+    // The policy lends in one currency: every amount of it is in that one.
+    let of = "policy.product_max_amount";
+    for (field, m) in [
+        (
+            "policy.product_min_amount.currency_code",
+            &p.product_min_amount,
+        ),
+        ("policy.per_borrower_cap.currency_code", &p.per_borrower_cap),
+        (
+            "policy.individual_borrower_cap.currency_code",
+            &p.individual_borrower_cap,
+        ),
+    ] {
+        v.same_currency(field, m, &currency, of);
+    }
     let policy = Policy {
         version: p.version.clone(),
         min_age: p.min_age,
@@ -109,7 +124,12 @@ fn from_pb(p: &pb::Policy, v: &mut Violations) -> Policy {
         apr_cap_bps: p.apr_cap_bps,
         max_pd_bps: p.max_pd_bps,
     };
-    for (field, problem) in policy.problems() {
+    // An invalid currency is reported on product_max_amount already.
+    for (field, problem) in policy
+        .problems()
+        .into_iter()
+        .filter(|(f, _)| *f != "currency")
+    {
         v.add(&format!("policy.{field}"), problem);
     }
     policy
@@ -159,6 +179,31 @@ impl CreditService for CreditGrpc {
             &input.invoice_turnover_12m,
             Amount::Optional,
         );
+        v.money(
+            "input.existing_exposure",
+            &input.existing_exposure,
+            Amount::Optional,
+        );
+        // One currency per decision: the requested amount's.
+        if let Some(requested) = &input.requested_amount {
+            let c = requested.currency_code.as_str();
+            for (field, m) in [
+                (
+                    "input.annual_tax_revenue.currency_code",
+                    &input.annual_tax_revenue,
+                ),
+                (
+                    "input.invoice_turnover_12m.currency_code",
+                    &input.invoice_turnover_12m,
+                ),
+                (
+                    "input.existing_exposure.currency_code",
+                    &input.existing_exposure,
+                ),
+            ] {
+                v.same_currency(field, m, c, "input.requested_amount");
+            }
+        }
         v.check(
             (1..=360).contains(&input.term_months),
             "input.term_months",

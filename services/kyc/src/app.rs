@@ -3,7 +3,7 @@ use crate::domain::{self, ListedName, Rules};
 use colend_contracts::kyc::v1 as pb;
 use colend_core::BlindIndexKey;
 use colend_platform::config::env_parse;
-use colend_platform::time::{now_millis, timestamp, today};
+use colend_platform::time::{Tz, business_today, now_millis, parse_time_zone, timestamp};
 use colend_platform::{ApiError, ApiResult, Cache, Db, idempotency};
 use prost::Message;
 use sqlx::Row;
@@ -17,6 +17,8 @@ pub struct Settings {
     pub cache_ttl: Duration,
     /// How often the watchlist snapshot is reloaded (`COLEND_KYC_WATCHLIST_REFRESH_SECS`, default 5).
     pub refresh: Duration,
+    /// The zone of "today" for ages (`COLEND_KYC_TIME_ZONE`, an IANA name; default Asia/Shanghai).
+    pub time_zone: Tz,
 }
 
 impl Settings {
@@ -28,6 +30,12 @@ impl Settings {
             },
             cache_ttl: Duration::from_secs(env_parse("COLEND_KYC_CACHE_TTL_SECS", 86_400u64)?),
             refresh: Duration::from_secs(env_parse("COLEND_KYC_WATCHLIST_REFRESH_SECS", 5u64)?),
+            time_zone: {
+                let name = colend_platform::config::env_or("COLEND_KYC_TIME_ZONE", "Asia/Shanghai");
+                parse_time_zone(&name).ok_or_else(|| {
+                    anyhow::anyhow!("COLEND_KYC_TIME_ZONE={name:?} is not an IANA time zone name")
+                })?
+            },
         })
     }
 }
@@ -143,6 +151,7 @@ impl Kyc {
             .await
             .and_then(|b| pb::KycCheck::decode(b.as_slice()).ok());
         let rules = self.settings.rules.clone();
+        let zone = self.settings.time_zone;
         let partner = input.partner_id.clone();
         let scope = format!("CheckBorrower:{partner}");
         if let Some(mut c) = cached {
@@ -159,7 +168,7 @@ impl Kyc {
                     business_name: &input.business_name,
                     credit_code: &input.credit_code,
                 };
-                let f = domain::check(&subject, today(), &lists, &rules);
+                let f = domain::check(&subject, business_today(zone), &lists, &rules);
                 let now = now_millis();
                 let check = pb::KycCheck {
                     check_id: format!("kyc_{}", uuid::Uuid::now_v7().simple()),
