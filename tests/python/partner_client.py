@@ -27,6 +27,7 @@ import uuid
 from zoneinfo import ZoneInfo
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from grpc_tools import protoc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -68,6 +69,39 @@ def credit_code(region, org):
     body = f"91{region}{org}"
     s = sum(CC_CHARS.index(c) * w for c, w in zip(body, CC_WEIGHTS))
     return body + CC_CHARS[(31 - s % 31) % 31]
+
+
+def details(e):
+    """The google.rpc.Status details of a failed call: (ErrorInfo, [field names])."""
+    info, fields = None, []
+    for key, value in e.trailing_metadata() or []:
+        if key != "grpc-status-details-bin":
+            continue
+        for d in status_pb2.Status.FromString(value).details:
+            if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                d.Unpack(info)
+            elif d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                br = error_details_pb2.BadRequest()
+                d.Unpack(br)
+                fields += [v.field for v in br.field_violations]
+    return info, fields
+
+
+def refused(call, code, reason=None, field=None):
+    """Runs `call`, which must fail with `code` (and ErrorInfo `reason`, and a field violation on `field`)."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        assert e.code() == code, (e.code(), e.details())
+        info, fields = details(e)
+        assert info is not None, f"no ErrorInfo on {e.code()}: {e.details()}"
+        if reason:
+            assert info.reason == reason, (info.reason, e.details())
+        if field:
+            assert field in fields, (fields, e.details())
+        return info
+    raise SystemExit(f"expected {code} ({reason or ''} {field or ''}), the call succeeded")
 
 
 def main():
@@ -127,10 +161,12 @@ def main():
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
 
     rnd = random.Random(partner)
+    edge_loan = None
     # The bank's business day is a date in its time zone (CN: Asia/Shanghai), not UTC.
     today = datetime.datetime.now(ZoneInfo("Asia/Shanghai")).date()
     funded = 0
-    for i in range(args.applications):
+    def application(i, amount):
+        same = lambda minor: common.Money(minor_units=minor, currency_code=amount.currency_code)
         birth = f"{today.year - 40}0{rnd.randint(1, 9)}1{rnd.randint(0, 9)}"
         req = acq.SubmitApplicationRequest(
             request_id=f"{partner}-{i}",
@@ -139,14 +175,74 @@ def main():
                                   years_in_business=5),
             legal_representative=acq.LegalRepresentative(name="周杰", resident_id=resident_id("330106", birth, rnd.randint(0, 999)),
                                                          mobile=f"139{rnd.randint(10000000, 99999999)}"),
-            requested_amount=cny(15_000_000), term_months=12,
+            requested_amount=amount, term_months=12,
             purpose=acq.LOAN_PURPOSE_WORKING_CAPITAL, repayment_method=common.REPAYMENT_METHOD_EQUAL_INSTALMENT,
             partner_score=700,
-            scenario=acq.ScenarioData(annual_tax_revenue=cny(400_000_000), invoice_turnover_12m=cny(450_000_000),
+            scenario=acq.ScenarioData(annual_tax_revenue=same(400_000_000), invoice_turnover_12m=same(450_000_000),
                                       turnover_trend_bps=500, open_loans_elsewhere=0),
             consent=acq.Consent(scopes=["credit_report"], channel="app", text_version="v1"),
             partner_decision=acq.PartnerDecision(approved=True, reference=f"{partner}-risk-{i}"))
         req.consent.granted_at.FromDatetime(datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5))
+        return req
+
+    # Currencies: not ISO 4217 is INVALID_ARGUMENT on the currency field; a real currency other
+    # than the agreement's is refused (FAILED_PRECONDITION) or never funded in another currency.
+    for code in ["XXX", "ABC"]:
+        req = application(f"cur-{code}", common.Money(minor_units=28_564_972, currency_code=code))
+        refused(lambda: acquisition.SubmitApplication(req, metadata=as_partner, timeout=10),
+                grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "requested_amount.currency_code")
+    usd = application("cur-USD", common.Money(minor_units=28_564_972, currency_code="USD"))
+    try:
+        got = acquisition.SubmitApplication(usd, metadata=as_partner, timeout=10).application
+        for msg in acquisition.WatchApplication(acq.WatchApplicationRequest(application_id=got.application_id),
+                                                metadata=as_partner, timeout=60):
+            got = msg.application
+        for m in [got.decision.approved_amount, got.funding.principal]:
+            assert m.currency_code in ("", "USD"), got
+        assert acq.ApplicationStatus.Name(got.status) != "APPLICATION_STATUS_FUNDS_RESERVED", got
+        print(f"USD application: {acq.ApplicationStatus.Name(got.status)} {list(got.reason_codes)}")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, (e.code(), e.details())
+        info, _ = details(e)
+        assert info.reason == "CURRENCY_MISMATCH" and info.metadata["expected"] == "CNY", info
+        print("USD application: refused, CURRENCY_MISMATCH (the agreement is in CNY)")
+
+    def payoff_on_disbursement_day(ids):
+        """Repaid in full on the disbursement day with principal + one day's interest and fee:
+        SETTLED, at most one day's interest, and the application SETTLED."""
+        application_id, loan_id = ids
+        loan = funding.GetLoan(fund.GetLoanRequest(loan_id=loan_id), metadata=as_bank, timeout=10).loan
+        assert loan.principal.currency_code == "CNY", loan.principal
+        p = loan.principal.minor_units
+        basis = 365 if loan.day_count == fund.DAY_COUNT_ACT_365 else 360
+        one_day_interest = p * loan.annual_rate_bps / 10_000 / basis
+        one_day_fee = p * loan.annual_fee_bps / 10_000 / basis
+        amount = p + round(one_day_interest) + round(one_day_fee)
+        r = funding.BookRepayment(fund.BookRepaymentRequest(
+            request_id=f"payoff-{loan_id}", loan_id=loan_id, amount=cny(amount), value_date=today.isoformat(),
+            bank_transaction_ref=f"PY-payoff-{loan_id}"), metadata=as_bank, timeout=10)
+        status = fund.LoanStatus.Name(r.loan.status)
+        assert status == "LOAN_STATUS_SETTLED", (status, r.loan)
+        interest = sum(a.amount.minor_units for a in r.repayment.allocations if a.component == fund.COMPONENT_INTEREST)
+        assert interest <= one_day_interest + 1, (interest, one_day_interest)
+        assert sum(a.amount.minor_units for a in r.repayment.allocations) == amount
+        assert r.loan.bank_outstanding.minor_units == 0 and r.loan.partner_outstanding.minor_units == 0, r.loan
+        for _ in range(100):
+            got = acquisition.GetApplication(acq.GetApplicationRequest(application_id=application_id),
+                                             metadata=as_partner, timeout=10).application
+            if acq.ApplicationStatus.Name(got.status) == "APPLICATION_STATUS_SETTLED":
+                break
+            time.sleep(0.05)
+        assert acq.ApplicationStatus.Name(got.status) == "APPLICATION_STATUS_SETTLED", got.history
+        print(f"  paid off on its disbursement day with {amount / 100:.2f}: SETTLED, interest {interest / 100:.2f}"
+              f" (one day: {one_day_interest / 100:.4f}), application SETTLED")
+        # The bank reads it, and lists the partner's loans.
+        listed = funding.ListLoans(fund.ListLoansRequest(partner_id=partner, status=fund.LOAN_STATUS_SETTLED),
+                                   metadata=as_bank, timeout=10)
+        assert loan_id in [l.loan_id for l in listed.loans], listed
+
+    for i in range(args.applications):
+        req = application(i, cny(15_000_000))
         app = acquisition.SubmitApplication(req, metadata=as_partner, timeout=10).application
 
         # Follow it live.
@@ -167,6 +263,13 @@ def main():
         assert bank + part == final.decision.approved_amount.minor_units
         assert part * 10000 >= (bank + part) * 3000
 
+        # A value date before the reservation or years ahead is refused.
+        for bad_date in ["2019-06-01", "2031-01-01"]:
+            refused(lambda: funding.BookDisbursement(fund.BookDisbursementRequest(
+                request_id=f"disburse-{bad_date}-{final.funding.loan_id}", loan_id=final.funding.loan_id,
+                value_date=bad_date, bank_transaction_ref=f"PY-{i}-{partner}-{bad_date}"), metadata=as_bank,
+                timeout=10), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "value_date")
+
         # The bank disburses; the partner sees it in the history.
         funding.BookDisbursement(fund.BookDisbursementRequest(
             request_id=f"disburse-{final.funding.loan_id}", loan_id=final.funding.loan_id,
@@ -181,6 +284,10 @@ def main():
         print(f"  history: {' -> '.join(history)}")
         assert history[-1] == "DISBURSED", history
         funded += 1
+        edge_loan = (app.application_id, final.funding.loan_id)
+
+    if edge_loan:
+        payoff_on_disbursement_day(edge_loan)
 
     if funded == 0:
         raise SystemExit("no application was funded")

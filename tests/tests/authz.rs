@@ -218,6 +218,65 @@ async fn object_level(s: &TestServer) -> usize {
         loan_id.clone(),
         "loan_00000000000000000000000000000000".to_string()
     );
+    // ListLoans: a partner lists its own loans only; the bank reads and
+    // lists any partner's.
+    {
+        let mut fc = FundingServiceClient::new(a.clone());
+        let all = fund::ListLoansRequest {
+            page_size: 500,
+            ..Default::default()
+        };
+        let own = fc
+            .list_loans(as_partner("authz-a", all.clone()))
+            .await
+            .unwrap()
+            .into_inner()
+            .loans;
+        assert!(own.iter().any(|l| l.loan_id == loan_id));
+        assert!(own.iter().all(|l| l.partner_id == "authz-a"));
+        let theirs = fc
+            .list_loans(as_partner("authz-b", all.clone()))
+            .await
+            .unwrap()
+            .into_inner()
+            .loans;
+        assert!(theirs.iter().all(|l| l.partner_id == "authz-b"));
+        let steer = fc
+            .list_loans(as_partner(
+                "authz-b",
+                fund::ListLoansRequest {
+                    partner_id: "authz-a".into(),
+                    ..all.clone()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(steer.code(), Code::InvalidArgument);
+        let bank = fc
+            .list_loans(as_bank(fund::ListLoansRequest {
+                partner_id: "authz-a".into(),
+                ..all
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .loans;
+        assert_eq!(
+            bank.iter().map(|l| &l.loan_id).collect::<Vec<_>>(),
+            own.iter().map(|l| &l.loan_id).collect::<Vec<_>>()
+        );
+        let read = fc
+            .get_loan(as_bank(fund::GetLoanRequest {
+                loan_id: loan_id.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .loan
+            .unwrap();
+        assert_eq!(read.partner_id, "authz-a");
+        cells += 5;
+    }
     cell!(
         "GetCheck",
         |p: &'static str, id: String| {
@@ -260,6 +319,23 @@ async fn object_level(s: &TestServer) -> usize {
         acqc.get_application(r).await.unwrap_err().code(),
         Code::NotFound
     );
+    // AccrueInterest posts income on every partner's loans: the bank's
+    // alone, even asked with a well-formed request.
+    {
+        let mut fc = FundingServiceClient::new(a.clone());
+        let req = fund::AccrueInterestRequest {
+            request_id: "authz-accrue".into(),
+            as_of: "2020-01-01".into(),
+        };
+        let partner = fc.accrue_interest(as_partner("authz-a", req.clone())).await;
+        let internal = fc.accrue_interest(as_service("authz-a", req.clone())).await;
+        for denied in [partner, internal] {
+            assert_eq!(refusal(denied).0, Code::PermissionDenied);
+        }
+        let bank = fc.accrue_interest(as_bank(req)).await.unwrap().into_inner();
+        assert_eq!((bank.as_of.as_str(), bank.loans_accrued), ("2020-01-01", 0));
+        cells += 3;
+    }
     cells + 1
 }
 

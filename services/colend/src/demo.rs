@@ -121,6 +121,14 @@ pub struct DemoArgs {
 }
 
 const CNY: &str = "CNY";
+
+/// Adds `v` to a money total of the summary; an overflow is an error.
+fn add_to(total: &mut i64, v: i64) -> anyhow::Result<()> {
+    *total = total
+        .checked_add(v)
+        .ok_or_else(|| anyhow::anyhow!("a funded total overflows"))?;
+    Ok(())
+}
 const CALL: Duration = Duration::from_secs(10);
 
 fn cny(minor: i64) -> Option<Money> {
@@ -748,7 +756,11 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
         .seed
         .unwrap_or_else(|| colend_platform::time::now_millis() as u64);
     let today_date = colend_platform::time::today();
-    let today = colend_platform::time::format_date(today_date);
+    // Disbursements and repayments are value-dated on funding's business day
+    // (its time zone, as `COLEND_FUNDING_TIME_ZONE` / `COLEND_FUNDING_JURISDICTION` say).
+    let today = colend_platform::time::format_date(colend_platform::time::business_today(
+        colend_funding::app::time_zone_from_env()?,
+    ));
     let list = borrowers::generate(args.applications, seed, today_date);
     let bar = indicatif::ProgressBar::new(args.applications as u64);
     bar.set_style(
@@ -840,10 +852,10 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
                     min_share = Some(min_share.map_or(bps, |m| m.min(bps)));
                 }
                 s.funded.loans += 1;
-                s.funded.principal_minor += principal;
-                s.funded.bank_minor += bank;
-                s.funded.partner_minor += partner;
-                s.funded.first_repayments_minor += repaid;
+                add_to(&mut s.funded.principal_minor, principal)?;
+                add_to(&mut s.funded.bank_minor, bank)?;
+                add_to(&mut s.funded.partner_minor, partner)?;
+                add_to(&mut s.funded.first_repayments_minor, repaid)?;
                 bank_recs.extend(b);
                 partner_recs.extend(p);
             }
@@ -885,16 +897,14 @@ pub async fn execute(args: &DemoArgs) -> anyhow::Result<Summary> {
         .find(|k| k.break_class == recon::BreakClass::Matched as i32)
         .map(|k| k.count)
         .unwrap_or(0);
-    let expected: i64 = bank_recs
-        .iter()
-        .map(|r| {
-            if r.kind == recon::RecordKind::Disbursement {
-                r.partner
-            } else {
-                -r.partner
-            }
-        })
-        .sum();
+    let expected: i64 = colend_core::money::checked_sum(bank_recs.iter().map(|r| {
+        if r.kind == recon::RecordKind::Disbursement {
+            r.partner
+        } else {
+            -r.partner
+        }
+    }))
+    .map_err(|e| anyhow::anyhow!("expected settlement: {e}"))?;
     let owed = run
         .settlement
         .as_ref()

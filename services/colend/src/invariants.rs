@@ -10,7 +10,8 @@
 //!    allocations sum to its amount, their sums per loan equal what the loan
 //!    records as paid (the partner's principal too), and no bank transaction
 //!    is booked twice.
-//! 4. The ledger's trial balance is zero, overall and for every posting.
+//! 4. The ledger's trial balance is zero in every currency and for every
+//!    posting.
 //! 5. No reservation exceeds capacity: each partner's total quota in use
 //!    equals what its live loans hold, and is within the quota.
 //! 6. Each partner's daily quota in use equals the partner share of its live
@@ -18,7 +19,8 @@
 //! 7. The bank's co-lent exposure per partner (rule C2) and in all (rule C3)
 //!    equals the bank's share of principal still outstanding on live loans.
 //! 8. Acquisition and funding agree on every funded journey, and no loan
-//!    exists without its application (or the other way round).
+//!    exists without its application (or the other way round); every loan is
+//!    in its application's currency.
 //! 9. No parked or closed journey holds a live reservation, and no
 //!    application closed to funding has a live loan.
 //! 10. Exactly one effect per idempotency key: applications, loans,
@@ -37,6 +39,11 @@
 //!   row of the day the loan was reserved included;
 //! - a repayment's principal frees the partner's part in `partner_usage` and
 //!   the bank's part in both exposure rows, never the daily row.
+//!
+//! Every sum is per currency: a partner's live loans are all in one
+//! currency (its agreement's), and all live loans in one (the bank's
+//! reference data's), or the counters would mix codes (checks 5 and 7).
+//! Sums are taken in i128, so no total of i64 amounts can wrap.
 //!
 //! So for the live loans: total usage = Σ (partner_amount −
 //! partner_principal_paid); daily usage of (partner, day) = Σ partner_amount
@@ -178,10 +185,11 @@ pub mod names {
 }
 
 /// Statuses in which a journey has nothing left to do on its own.
-const ENDED: [&str; 9] = [
+const ENDED: [&str; 10] = [
     "FUNDS_RESERVED",
     "DISBURSED",
     "REPAYING",
+    "SETTLED",
     "KYC_REJECTED",
     "DECLINED",
     "FUNDING_REJECTED",
@@ -619,6 +627,8 @@ async fn audit(conn: &mut AnyConnection) -> Result<Verdict, String> {
 struct App {
     id: String,
     status: String,
+    /// The requested amount's currency.
+    currency: String,
     reasons: String,
     created_at: i64,
     updated_at: i64,
@@ -649,6 +659,7 @@ struct Loan {
     application_id: String,
     partner_id: String,
     status: String,
+    currency: String,
     principal: i64,
     bank_amount: i64,
     partner_amount: i64,
@@ -666,13 +677,14 @@ impl Loan {
     }
 
     /// The partner's principal reserved or outstanding.
-    fn partner_held(&self) -> i64 {
-        self.partner_amount - self.partner_principal_paid
+    fn partner_held(&self) -> i128 {
+        i128::from(self.partner_amount) - i128::from(self.partner_principal_paid)
     }
 
     /// The bank's principal reserved or outstanding.
-    fn bank_held(&self) -> i64 {
-        self.bank_amount - (self.principal_paid - self.partner_principal_paid)
+    fn bank_held(&self) -> i128 {
+        i128::from(self.bank_amount)
+            - (i128::from(self.principal_paid) - i128::from(self.partner_principal_paid))
     }
 }
 
@@ -691,8 +703,8 @@ struct Repayment {
 struct FundingData {
     loans: Vec<Loan>,
     repayments: Vec<Repayment>,
-    debits: i64,
-    credits: i64,
+    /// Per currency: (code, debits, credits).
+    totals: Vec<(String, i64, i64)>,
     unbalanced: Vec<(String, i64, i64)>,
     usage: Vec<(String, i64)>,
     daily: Vec<(String, String, i64)>,
@@ -722,7 +734,7 @@ async fn read_acquisition(
     out: Outboxes,
 ) -> anyhow::Result<AcquisitionData> {
     let rows = sqlx::query(
-        "SELECT application_id, status, reason_codes, created_at, updated_at FROM applications",
+        "SELECT application_id, status, currency, reason_codes, created_at, updated_at FROM applications",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -731,6 +743,7 @@ async fn read_acquisition(
         apps.push(App {
             id: r.try_get("application_id")?,
             status: r.try_get("status")?,
+            currency: r.try_get("currency")?,
             reasons: r.try_get("reason_codes")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
@@ -789,7 +802,7 @@ async fn repayment_keys(conn: &mut AnyConnection) -> anyhow::Result<i64> {
 async fn read_funding(conn: &mut AnyConnection, out: Outboxes) -> anyhow::Result<FundingData> {
     let mut f = FundingData::default();
     let rows = sqlx::query(
-        "SELECT loan_id, application_id, partner_id, status, principal, bank_amount, partner_amount, \
+        "SELECT loan_id, application_id, partner_id, status, currency, principal, bank_amount, partner_amount, \
          principal_paid, interest_paid, partner_principal_paid, disbursement_ref, reserved_on, created_at FROM loans",
     )
     .fetch_all(&mut *conn)
@@ -800,6 +813,7 @@ async fn read_funding(conn: &mut AnyConnection, out: Outboxes) -> anyhow::Result
             application_id: r.try_get("application_id")?,
             partner_id: r.try_get("partner_id")?,
             status: r.try_get("status")?,
+            currency: r.try_get("currency")?,
             principal: r.try_get("principal")?,
             bank_amount: r.try_get("bank_amount")?,
             partner_amount: r.try_get("partner_amount")?,
@@ -829,10 +843,11 @@ async fn read_funding(conn: &mut AnyConnection, out: Outboxes) -> anyhow::Result
                 .and_then(|b| fund::Repayment::decode(b.as_slice()).ok()),
         });
     }
-    (f.debits, f.credits) = sqlx::query_as(
-        "SELECT CAST(COALESCE(SUM(debit), 0) AS BIGINT), CAST(COALESCE(SUM(credit), 0) AS BIGINT) FROM ledger_entries",
+    f.totals = sqlx::query_as(
+        "SELECT currency, CAST(SUM(debit) AS BIGINT), CAST(SUM(credit) AS BIGINT) FROM ledger_entries \
+         GROUP BY currency ORDER BY currency",
     )
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
     f.unbalanced = sqlx::query_as(
         "SELECT posting_id, CAST(SUM(debit) AS BIGINT), CAST(SUM(credit) AS BIGINT) FROM ledger_entries \
@@ -1024,11 +1039,19 @@ fn evaluate(s: &Snapshot, now: i64, retention_ms: i64) -> Report {
     // 3. Repayments.
     let mut problems = Vec::new();
     // Loan → principal, interest and the partner's principal allocated.
-    let mut paid: HashMap<&str, (i64, i64, i64)> = HashMap::new();
+    let mut paid: HashMap<&str, (i128, i128, i128)> = HashMap::new();
     let mut refs: HashMap<(&str, &str), u32> = HashMap::new();
-    let mut cents = 0i64;
+    // Per currency (the loan's), in i128.
+    let currency_of: HashMap<&str, &str> = fun
+        .loans
+        .iter()
+        .map(|l| (l.loan_id.as_str(), l.currency.as_str()))
+        .collect();
+    let mut cents: BTreeMap<&str, i128> = BTreeMap::new();
     for r in &fun.repayments {
-        cents += r.amount;
+        *cents
+            .entry(currency_of.get(r.loan_id.as_str()).copied().unwrap_or("?"))
+            .or_default() += i128::from(r.amount);
         *refs
             .entry((r.loan_id.as_str(), r.bank_ref.as_str()))
             .or_default() += 1;
@@ -1036,10 +1059,10 @@ fn evaluate(s: &Snapshot, now: i64, retention_ms: i64) -> Report {
             problems.push(format!("{}: unreadable", r.id));
             continue;
         };
-        let mut sum = 0i64;
+        let mut sum = 0i128;
         let e = paid.entry(r.loan_id.as_str()).or_default();
         for a in &rep.allocations {
-            let m = a.amount.as_ref().map(|m| m.minor_units).unwrap_or(0);
+            let m = i128::from(a.amount.as_ref().map(|m| m.minor_units).unwrap_or(0));
             sum += m;
             if a.component == fund::Component::Principal as i32 {
                 e.0 += m;
@@ -1050,7 +1073,7 @@ fn evaluate(s: &Snapshot, now: i64, retention_ms: i64) -> Report {
                 e.1 += m;
             }
         }
-        if sum != r.amount {
+        if sum != i128::from(r.amount) {
             problems.push(format!(
                 "{}: allocations {sum} != amount {}",
                 r.id, r.amount
@@ -1064,13 +1087,13 @@ fn evaluate(s: &Snapshot, now: i64, retention_ms: i64) -> Report {
     }
     for l in &fun.loans {
         let (p, i, pp) = paid.get(l.loan_id.as_str()).copied().unwrap_or_default();
-        if (p, i) != (l.principal_paid, l.interest_paid) {
+        if (p, i) != (i128::from(l.principal_paid), i128::from(l.interest_paid)) {
             problems.push(format!(
                 "{}: allocations principal {p} / interest {i} != loan's paid {} / {}",
                 l.loan_id, l.principal_paid, l.interest_paid
             ));
         }
-        if pp != l.partner_principal_paid {
+        if pp != i128::from(l.partner_principal_paid) {
             problems.push(format!(
                 "{}: partner principal allocated {pp} != loan's partner principal paid {}",
                 l.loan_id, l.partner_principal_paid
@@ -1080,7 +1103,15 @@ fn evaluate(s: &Snapshot, now: i64, retention_ms: i64) -> Report {
     report.push(
         names::REPAYMENTS,
         problems,
-        format!("{} repayments, {cents} minor units", fun.repayments.len()),
+        format!(
+            "{} repayments, minor units {}",
+            fun.repayments.len(),
+            cents
+                .iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     );
 
     // 4. Ledger.
@@ -1089,29 +1120,49 @@ fn evaluate(s: &Snapshot, now: i64, retention_ms: i64) -> Report {
         .iter()
         .map(|(p, d, c)| format!("posting {p}: debits {d} != credits {c}"))
         .collect();
-    if fun.debits != fun.credits {
-        problems.push(format!("debits {} != credits {}", fun.debits, fun.credits));
+    for (c, d, cr) in &fun.totals {
+        if d != cr {
+            problems.push(format!("{c}: debits {d} != credits {cr}"));
+        }
     }
+    let balanced: Vec<String> = fun
+        .totals
+        .iter()
+        .map(|(c, d, _)| format!("{c} {d}"))
+        .collect();
     report.push(
         names::LEDGER,
         problems,
-        format!("debits = credits = {}", fun.debits),
+        format!("debits = credits in each currency: {}", balanced.join(", ")),
     );
 
     let live: Vec<&Loan> = fun.loans.iter().filter(|l| l.live()).collect();
 
     // 5. Total quota.
-    let mut held: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut held: BTreeMap<&str, i128> = BTreeMap::new();
+    // Partner → the currencies of its live loans (one: its agreement's).
+    let mut partner_currencies: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for l in &live {
         *held.entry(l.partner_id.as_str()).or_default() += l.partner_held();
+        partner_currencies
+            .entry(l.partner_id.as_str())
+            .or_default()
+            .insert(l.currency.as_str());
     }
     let usage: BTreeMap<&str, i64> = fun.usage.iter().map(|(p, u)| (p.as_str(), *u)).collect();
     let mut problems = Vec::new();
+    for (p, cs) in &partner_currencies {
+        if cs.len() > 1 {
+            problems.push(format!(
+                "{p}: live loans in {cs:?}: its quota usage would add different currencies"
+            ));
+        }
+    }
     let partners: BTreeSet<&str> = held.keys().chain(usage.keys()).copied().collect();
     for p in &partners {
         let used = usage.get(p).copied().unwrap_or(0);
         let live = held.get(p).copied().unwrap_or(0);
-        if used != live {
+        if i128::from(used) != live {
             problems.push(format!(
                 "{p}: quota in use {used} != held by live loans {live}"
             ));
@@ -1131,16 +1182,16 @@ fn evaluate(s: &Snapshot, now: i64, retention_ms: i64) -> Report {
         format!(
             "{} partners, {} minor units in use, all held by live loans and within quota",
             partners.len(),
-            usage.values().sum::<i64>()
+            usage.values().map(|u| i128::from(*u)).sum::<i128>()
         ),
     );
 
     // 6. Daily quota.
-    let mut reserved: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    let mut reserved: BTreeMap<(&str, &str), i128> = BTreeMap::new();
     for l in &live {
         *reserved
             .entry((l.partner_id.as_str(), l.reserved_on.as_str()))
-            .or_default() += l.partner_amount;
+            .or_default() += i128::from(l.partner_amount);
     }
     let daily: BTreeMap<(&str, &str), i64> = fun
         .daily
@@ -1152,7 +1203,7 @@ fn evaluate(s: &Snapshot, now: i64, retention_ms: i64) -> Report {
     for (p, d) in &days {
         let used = daily.get(&(*p, *d)).copied().unwrap_or(0);
         let live = reserved.get(&(*p, *d)).copied().unwrap_or(0);
-        if used != live {
+        if i128::from(used) != live {
             problems.push(format!(
                 "{p} on {d}: daily quota in use {used} != partner share of live loans reserved that day {live}"
             ));
@@ -1171,13 +1222,14 @@ fn evaluate(s: &Snapshot, now: i64, retention_ms: i64) -> Report {
         format!(
             "{} partner-days, {} minor units reserved",
             days.len(),
-            daily.values().sum::<i64>()
+            daily.values().map(|u| i128::from(*u)).sum::<i128>()
         ),
     );
 
     // 7. Exposure (rules C2, C3).
-    let mut outstanding: BTreeMap<String, i64> = BTreeMap::new();
-    let mut all = 0i64;
+    let mut outstanding: BTreeMap<String, i128> = BTreeMap::new();
+    let mut all = 0i128;
+    let live_currencies: BTreeSet<&str> = live.iter().map(|l| l.currency.as_str()).collect();
     for l in &live {
         *outstanding
             .entry(format!("PARTNER:{}", l.partner_id))
@@ -1193,10 +1245,15 @@ fn evaluate(s: &Snapshot, now: i64, retention_ms: i64) -> Report {
         .chain(exposure.keys().copied())
         .collect();
     let mut problems = Vec::new();
+    if live_currencies.len() > 1 {
+        problems.push(format!(
+            "live loans in {live_currencies:?}: the C2/C3 exposure would add different currencies"
+        ));
+    }
     for scope in &scopes {
         let used = exposure.get(scope).copied().unwrap_or(0);
         let live = outstanding.get(*scope).copied().unwrap_or(0);
-        if used != live {
+        if i128::from(used) != live {
             problems.push(format!(
                 "{scope}: exposure {used} != bank principal outstanding on live loans {live}"
             ));
@@ -1225,6 +1282,22 @@ fn evaluate(s: &Snapshot, now: i64, retention_ms: i64) -> Report {
 
     // 8. Funded journeys.
     let mut problems = Vec::new();
+    // Every loan is in its application's currency (neither ever changes).
+    let requested: HashMap<&str, &str> = acq_side
+        .apps
+        .iter()
+        .map(|a| (a.id.as_str(), a.currency.as_str()))
+        .collect();
+    for l in &fun.loans {
+        if let Some(c) = requested.get(l.application_id.as_str())
+            && *c != l.currency
+        {
+            problems.push(format!(
+                "{} is in {} but its application {} asked for {c}",
+                l.loan_id, l.currency, l.application_id
+            ));
+        }
+    }
     for l in &fun.loans {
         // The application is made before its loan: read after funding.
         if !s.after.contains_key(&l.application_id) {
@@ -1238,7 +1311,7 @@ fn evaluate(s: &Snapshot, now: i64, retention_ms: i64) -> Report {
         // The loan is made before the application moves on: read before.
         if matches!(
             a.status.as_str(),
-            "FUNDS_RESERVED" | "DISBURSED" | "REPAYING"
+            "FUNDS_RESERVED" | "DISBURSED" | "REPAYING" | "SETTLED"
         ) && !loan_of.contains_key(a.id.as_str())
         {
             problems.push(format!(
@@ -1259,6 +1332,17 @@ fn evaluate(s: &Snapshot, now: i64, retention_ms: i64) -> Report {
             ("DISBURSED" | "REPAYING", st @ ("RESERVED" | "VOID")) => problems.push(format!(
                 "{id} is {} but its loan {} is {st}",
                 a.status, l.loan_id
+            )),
+            // The repayment that settled the loan reports SETTLED, and the
+            // application follows unless that event is still to relay.
+            ("DISBURSED" | "REPAYING", "SETTLED") if !lagging => problems.push(format!(
+                "{id} is {} but its loan {} is SETTLED",
+                a.status, l.loan_id
+            )),
+            // SETTLED is terminal: only a settled loan gets there.
+            ("SETTLED", st) if st != "SETTLED" => problems.push(format!(
+                "{id} is SETTLED but its loan {} is {st}",
+                l.loan_id
             )),
             ("PARKED" | "ABANDONING", st @ ("DISBURSED" | "SETTLED")) if !lagging => {
                 problems.push(format!(
@@ -1428,6 +1512,7 @@ mod tests {
         App {
             id: id.into(),
             status: status.into(),
+            currency: "CNY".into(),
             reasons: "X".into(),
             created_at: 0,
             updated_at: 1,
@@ -1440,6 +1525,7 @@ mod tests {
             application_id: app.into(),
             partner_id: "p1".into(),
             status: status.into(),
+            currency: "CNY".into(),
             principal: 1_000,
             bank_amount: 700,
             partner_amount: 300,
@@ -1531,6 +1617,24 @@ mod tests {
     }
 
     #[test]
+    fn amounts_are_never_added_across_currencies() {
+        // A loan in another currency than its application's.
+        let mut s = healthy();
+        s.funding.loans[0].currency = "USD".into();
+        let failed_now = failed(&evaluate(&s, 0, 3_600_000));
+        assert!(failed_now.contains(&names::AGREE), "{failed_now:?}");
+        // A partner's live loans in two currencies: usage and exposure would mix them.
+        assert!(failed_now.contains(&names::CAPACITY), "{failed_now:?}");
+        assert!(failed_now.contains(&names::EXPOSURE), "{failed_now:?}");
+        // The ledger balances per currency, not across them.
+        let mut s = healthy();
+        s.funding.totals = vec![("CNY".into(), 500, 500), ("USD".into(), 7, 7)];
+        assert!(evaluate(&s, 0, 3_600_000).holds());
+        s.funding.totals = vec![("CNY".into(), 507, 500), ("USD".into(), 0, 7)];
+        assert_eq!(failed(&evaluate(&s, 0, 3_600_000)), vec![names::LEDGER]);
+    }
+
+    #[test]
     fn a_repayment_does_not_free_daily_quota() {
         let mut s = healthy();
         s.funding.daily[0].2 = 270;
@@ -1572,6 +1676,29 @@ mod tests {
         s.funding.pending.insert("a1".into());
         s.funding.unrelayed = 1;
         assert_eq!(failed(&evaluate(&s, 0, 3_600_000)), vec![names::RELAYED]);
+    }
+
+    #[test]
+    fn a_settled_loan_settles_its_application() {
+        let mut s = healthy();
+        s.funding.loans[1].status = "SETTLED".into();
+        // The SETTLED event still in funding's outbox: a lag, not a break.
+        s.funding.pending.insert("a2".into());
+        s.funding.unrelayed = 1;
+        assert_eq!(failed(&evaluate(&s, 0, 3_600_000)), vec![names::RELAYED]);
+        // Relayed, but the application stayed REPAYING: a break.
+        s.funding.pending.clear();
+        s.funding.unrelayed = 0;
+        assert_eq!(failed(&evaluate(&s, 0, 3_600_000)), vec![names::AGREE]);
+        // The application followed: SETTLED ends its journey.
+        s.before.apps[1].status = "SETTLED".into();
+        s.after = s.before.positions();
+        let r = evaluate(&s, 0, 3_600_000);
+        assert!(r.holds(), "{r}");
+        assert_eq!(r.applications.get("SETTLED"), Some(&1));
+        // A SETTLED application over a loan still being repaid is a break.
+        s.funding.loans[1].status = "DISBURSED".into();
+        assert_eq!(failed(&evaluate(&s, 0, 3_600_000)), vec![names::AGREE]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! The `colend` command: the embedded mesh, single services, and the demo.
+pub mod accrue;
 pub mod bench;
 pub mod borrowers;
 pub mod demo;

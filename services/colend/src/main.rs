@@ -64,6 +64,11 @@ enum Command {
     /// resolves breaks, generates test files.
     #[command(subcommand)]
     Recon(colend::recon::ReconCommand),
+    /// As the bank core: accrues every disbursed loan's interest, fees and
+    /// penalty through a business date and posts them to each funder's
+    /// ledger (FundingService/AccrueInterest; funding also runs it itself
+    /// each business day).
+    Accrue(colend::accrue::AccrueArgs),
     /// Load harness: drives the whole journey at a fixed rate or at maximum
     /// and reports throughput and latency beside a no-op call's ceiling.
     Bench(colend::bench::BenchArgs),
@@ -188,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
             colend::demo::run(args).await
         }
         Command::Recon(cmd) => colend::recon::run(cmd).await,
+        Command::Accrue(args) => colend::accrue::run(args).await,
         Command::Bench(args) => colend::bench::run(args).await,
         Command::Audit {
             command: AuditCommand::Verify { service, data_dir },

@@ -54,7 +54,7 @@ use colend_contracts::common::v1::{Money, RepaymentMethod};
 use colend_contracts::funding::v1 as fund;
 use colend_contracts::funding::v1::funding_service_client::FundingServiceClient;
 use colend_platform::config::Backends;
-use colend_platform::time::{format_date, today};
+use colend_platform::time::format_date;
 use colend_testkit::proxy::{FaultProxy, Mode};
 use colend_testkit::{as_bank, as_partner, reason};
 use model::{Ledger, LoanModel, minor};
@@ -66,6 +66,15 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
+
+/// Today in funding's business zone (the default profile's, Asia/Shanghai,
+/// unless the environment names another): the value date of disbursements
+/// and repayments.
+fn today() -> NaiveDate {
+    colend_platform::time::business_today(
+        colend_funding::app::time_zone_from_env().expect("funding's time zone"),
+    )
+}
 
 /// One backend at a time: the two tests share two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -1098,8 +1107,10 @@ async fn s1_judge(ctx: &Ctx, races: Vec<S1Race>, o: &mut Outcome) {
 const S2: (&str, &str) = (
     "2. concurrent repayments",
     "2 to 4 BookRepayment calls with different request ids and bank references, at once, on one \
-     disbursed loan, spread over both funding replicas; disbursed 0 to 75 days ago, so some pay \
-     overdue instalments and penalty; together below the payoff, so every one must be accepted",
+     disbursed loan, spread over both funding replicas; disbursed today (a disbursement is never \
+     value-dated before the day its loan was reserved: overdue repayments race in funding's own \
+     races test, on a clock both replicas share); together below the payoff, so every one must \
+     be accepted",
 );
 
 /// Disburses a loan (or reports why not) and starts its model.
@@ -1189,11 +1200,8 @@ async fn compare(
 
 async fn s2(ctx: &Ctx, people: &mut People, n: usize, rng: &mut StdRng) -> Outcome {
     let outcome: Shared = Arc::default();
-    let plan: Vec<(i64, usize, u64)> = (0..n)
-        .map(|_| {
-            let ago = [0, 0, 20, 45, 75][rng.random_range(0..5)];
-            (ago, rng.random_range(2..=4), rng.random())
-        })
+    let plan: Vec<(usize, u64)> = (0..n)
+        .map(|_| (rng.random_range(2..=4), rng.random()))
         .collect();
     let plan = Arc::new(plan);
     let o = outcome.clone();
@@ -1207,15 +1215,12 @@ async fn s2(ctx: &Ctx, people: &mut People, n: usize, rng: &mut StdRng) -> Outco
         move |i, _app, loan_id| {
             let (ctx, outcome, plan) = (ctx.clone(), o.clone(), plan.clone());
             async move {
-                let (ago, k, sub) = plan[i];
+                let (k, sub) = plan[i];
                 let mut rng = StdRng::seed_from_u64(sub);
-                let start =
-                    match disbursed_model(&ctx, &loan_id, today() - chrono::Days::new(ago as u64))
-                        .await
-                    {
-                        Ok(m) => m,
-                        Err(e) => return lock(&outcome).broke(e),
-                    };
+                let start = match disbursed_model(&ctx, &loan_id, today()).await {
+                    Ok(m) => m,
+                    Err(e) => return lock(&outcome).broke(e),
+                };
                 let payoff = start.payoff(today());
                 let amounts: Vec<i64> = (0..k)
                     .map(|_| rng.random_range(100..=(payoff / (k as i64 + 1)).max(101)))

@@ -1,9 +1,10 @@
 //! Criterion benchmarks of funding's hot loops: the split of a principal,
-//! a 36-month schedule, and the repayment waterfall on it.
+//! a 36-month schedule, and a repayment on it (accrual, waterfall, re-cut).
 //! Run: `cargo bench -p colend-funding --bench hot_loops`.
 use chrono::NaiveDate;
 use colend_funding::domain::{
-    DayCount, InstalmentState, Method, Paid, Pricing, Terms, Waterfall, allocate, schedule, split,
+    Accrued, DayCount, InstalmentState, InterestSplit, LoanState, Method, Paid, Party, Pricing,
+    Terms, Waterfall, repay, schedule, split,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -36,51 +37,48 @@ fn hot_loops(c: &mut Criterion) {
             )
         })
     });
-    let states: Vec<InstalmentState> = schedule(
-        50_000_000,
-        36,
+    let loan = LoanState {
+        split: split(50_000_000, 3_000),
+        terms: Terms {
+            partner_share_bps: 3_000,
+            bank_rate_bps: 900,
+            partner_rate_bps: 1_100,
+            fee_partner_bps: 5_000,
+            interest_split: InterestSplit::OwnRate,
+            residual_party: Party::Bank,
+            allow_negative_residual: false,
+        },
         price,
-        Method::EqualInstalment,
-        start,
-        DayCount::Act360,
-    )
-    .into_iter()
-    .map(InstalmentState::new)
-    .collect();
-    let terms = Terms {
-        partner_share_bps: 3_000,
-        bank_rate_bps: 900,
-        partner_rate_bps: 1_100,
-        fee_partner_bps: 5_000,
+        method: Method::EqualInstalment,
+        day_count: DayCount::Act360,
+        penalty_rate_bps: 1_800,
+        waterfall: Waterfall::default(),
+        disbursed_on: start,
+        insts: schedule(
+            50_000_000,
+            36,
+            price,
+            Method::EqualInstalment,
+            start,
+            DayCount::Act360,
+        )
+        .into_iter()
+        .map(InstalmentState::new)
+        .collect(),
+        accrued: Accrued::default(),
+        accrued_through: start,
+        penalty_through: start,
+        paid: Paid::default(),
+        overpaid: 0,
     };
-    let sp = split(50_000_000, 3_000);
     let due = NaiveDate::from_ymd_opt(2026, 2, 15).unwrap();
-    let first = states[0].unpaid();
-    c.bench_function("waterfall: one instalment, split per funder", |b| {
-        b.iter(|| {
-            allocate(
-                black_box(first),
-                due,
-                &states,
-                (sp, &terms),
-                &Paid::default(),
-                0,
-                Waterfall::default(),
-            )
-        })
+    let first = loan.insts[0].unpaid();
+    c.bench_function("repayment: accrue, one instalment, split per funder", |b| {
+        b.iter(|| repay(&loan, black_box(first), due))
     });
-    c.bench_function("waterfall: a prepayment across 36 instalments", |b| {
-        b.iter(|| {
-            allocate(
-                black_box(40_000_000),
-                due,
-                &states,
-                (sp, &terms),
-                &Paid::default(),
-                0,
-                Waterfall::default(),
-            )
-        })
+    let mid = NaiveDate::from_ymd_opt(2026, 2, 1).unwrap();
+    c.bench_function("repayment: a prepayment re-cutting 36 instalments", |b| {
+        b.iter(|| repay(&loan, black_box(40_000_000), mid))
     });
 }
 

@@ -1,8 +1,8 @@
 //! Funding use cases.
 use crate::domain::Pricing;
 use crate::domain::{
-    self, AccrualTerms, Accrued, Bucket, DayCount, Instalment, InstalmentState, Jurisdiction,
-    LoanStatus, Method, Paid, Split, Terms, Waterfall,
+    self, Accrued, Bucket, DayCount, Instalment, InstalmentState, InterestSplit, Jurisdiction,
+    LoanState, LoanStatus, Method, Paid, Party, Split, Terms, Waterfall,
 };
 use colend_contracts::acquisition::v1 as acq;
 use colend_contracts::acquisition::v1::acquisition_service_client::AcquisitionServiceClient;
@@ -10,7 +10,9 @@ use colend_contracts::common::v1::{Funder, Money, RepaymentMethod};
 use colend_contracts::funding::v1 as pb;
 use colend_platform::config::env_parse;
 use colend_platform::db::Backend;
-use colend_platform::time::{format_date, now_millis, parse_date, timestamp, today};
+use colend_platform::time::{
+    Clock, Tz, business_date, format_date, now_millis, parse_date, parse_time_zone, timestamp,
+};
 use colend_platform::{ApiError, ApiResult, Cache, Db, idempotency};
 use prost::Message;
 use sqlx::AnyConnection;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 
+mod accrual_run;
 mod agreements;
 mod conversion;
 mod disbursement;
@@ -31,9 +34,10 @@ mod reservation;
 mod reserve;
 
 use conversion::*;
-pub use conversion::{day_count_of, waterfall_of};
+pub use conversion::{day_count_of, waterfall_of, waterfall_problem};
 use ledger::*;
 use loans::*;
+pub use queries::LoanFilter;
 use relay::*;
 use reservation::*;
 
@@ -56,6 +60,50 @@ pub struct Settings {
     /// Most reservations committed together (`COLEND_FUNDING_RESERVE_BATCH`, 256; 1 turns
     /// group commit off).
     pub reserve_batch: usize,
+    /// The time zone of business days (`COLEND_FUNDING_TIME_ZONE`, an IANA name; default the
+    /// jurisdiction's: CN Asia/Shanghai, IN-2020 and IN-2025 Asia/Kolkata). Daily quotas,
+    /// whitelist and agreement effective dates, reservation and value dates are its dates.
+    pub time_zone: Tz,
+    /// How many days after today a disbursement may be value-dated
+    /// (`COLEND_FUNDING_DISBURSEMENT_FORWARD_DAYS`, 0 to 366; default 0).
+    pub disbursement_forward_days: u32,
+    /// How far beyond the payoff a repayment may go, basis points of the
+    /// payoff (`COLEND_FUNDING_OVERPAYMENT_TOLERANCE_BPS`, 0 to 10000; default
+    /// 10): up to it the loan settles and the excess is owed back to the
+    /// borrower; beyond it the repayment is refused.
+    pub overpayment_tolerance_bps: i64,
+    /// Rule C12: the most a loan may cost a year all in, interest and fees
+    /// over a 365-day year (`COLEND_FUNDING_ALL_IN_CAP_BPS`, 0 to 100000;
+    /// default 2400), checked when it is reserved.
+    pub all_in_cap_bps: i64,
+    /// Where "now" is read for business decisions: the system clock (tests may set a
+    /// manual one).
+    pub clock: Clock,
+    /// Funding accrues every disbursed loan itself once per business day
+    /// (`COLEND_FUNDING_DAILY_ACCRUAL`, default true; the date is checked every
+    /// `COLEND_FUNDING_SWEEP_SECS`).
+    pub daily_accrual: bool,
+    /// The daily run accrues through this many days before today
+    /// (`COLEND_FUNDING_ACCRUAL_LAG_DAYS`, 0 to 30; default 1, so the bank can
+    /// still book a repayment value-dated yesterday).
+    pub accrual_lag_days: u32,
+}
+
+/// The time zone `COLEND_FUNDING_TIME_ZONE` names, else the jurisdiction's
+/// (`COLEND_FUNDING_JURISDICTION`): the business day funding runs on, for
+/// tools that book against it.
+pub fn time_zone_from_env() -> anyhow::Result<Tz> {
+    let j = colend_platform::config::env_or("COLEND_FUNDING_JURISDICTION", "CN");
+    let jurisdiction = Jurisdiction::parse(&j).ok_or_else(|| {
+        anyhow::anyhow!("COLEND_FUNDING_JURISDICTION={j:?} is not one of CN, IN-2020, IN-2025")
+    })?;
+    let name =
+        colend_platform::config::env_or("COLEND_FUNDING_TIME_ZONE", jurisdiction.time_zone());
+    parse_time_zone(&name).ok_or_else(|| {
+        anyhow::anyhow!(
+            "COLEND_FUNDING_TIME_ZONE={name:?} is not an IANA time zone name (such as Asia/Shanghai)"
+        )
+    })
 }
 
 impl Settings {
@@ -84,6 +132,33 @@ impl Settings {
             reserve_batch: match env_parse("COLEND_FUNDING_RESERVE_BATCH", 256usize)? {
                 n @ 1..=1_000 => n,
                 n => anyhow::bail!("COLEND_FUNDING_RESERVE_BATCH={n} must be 1 to 1000"),
+            },
+            time_zone: time_zone_from_env()?,
+            disbursement_forward_days: match env_parse(
+                "COLEND_FUNDING_DISBURSEMENT_FORWARD_DAYS",
+                0u32,
+            )? {
+                n @ 0..=366 => n,
+                n => anyhow::bail!("COLEND_FUNDING_DISBURSEMENT_FORWARD_DAYS={n} must be 0 to 366"),
+            },
+            overpayment_tolerance_bps: match env_parse(
+                "COLEND_FUNDING_OVERPAYMENT_TOLERANCE_BPS",
+                10i64,
+            )? {
+                n @ 0..=10_000 => n,
+                n => {
+                    anyhow::bail!("COLEND_FUNDING_OVERPAYMENT_TOLERANCE_BPS={n} must be 0 to 10000")
+                }
+            },
+            all_in_cap_bps: match env_parse("COLEND_FUNDING_ALL_IN_CAP_BPS", 2_400i64)? {
+                n @ 0..=100_000 => n,
+                n => anyhow::bail!("COLEND_FUNDING_ALL_IN_CAP_BPS={n} must be 0 to 100000"),
+            },
+            clock: Clock::System,
+            daily_accrual: env_parse("COLEND_FUNDING_DAILY_ACCRUAL", true)?,
+            accrual_lag_days: match env_parse("COLEND_FUNDING_ACCRUAL_LAG_DAYS", 1u32)? {
+                n @ 0..=30 => n,
+                n => anyhow::bail!("COLEND_FUNDING_ACCRUAL_LAG_DAYS={n} must be 0 to 30"),
             },
         })
     }
@@ -134,6 +209,19 @@ impl Funding {
 
     /// Today's business date in the jurisdiction's time zone.
     pub fn business_today(&self) -> chrono::NaiveDate {
-        today()
+        self.settings.clock.business_date(self.settings.time_zone)
+    }
+
+    /// Now (epoch milliseconds) for business decisions: reservation expiry.
+    pub fn now(&self) -> i64 {
+        self.settings.clock.now_millis()
+    }
+
+    /// Each lender's minimum share of a loan (rule C1 and the jurisdiction's bank minimum).
+    pub fn share_minimums(&self) -> domain::ShareMinimums {
+        domain::ShareMinimums {
+            partner_bps: self.settings.min_partner_share_bps,
+            bank_bps: self.settings.jurisdiction.min_bank_share_bps(),
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The gRPC face of funding.
-use crate::app::Funding;
+use crate::app::{Funding, LoanFilter};
+use crate::domain::LoanStatus;
 use colend_contracts::common::v1::{Money, RepaymentMethod};
 use colend_contracts::funding::v1::{
     self as pb,
@@ -7,7 +8,7 @@ use colend_contracts::funding::v1::{
 };
 use colend_platform::idempotency::request_hash;
 use colend_platform::time::parse_date;
-use colend_platform::{Amount, ApiError, Violations, caller};
+use colend_platform::{Amount, ApiError, Violations, caller, paging};
 use tonic::{Request, Response, Status};
 
 pub fn server(app: Funding) -> FundingServiceServer<FundingGrpc> {
@@ -58,11 +59,9 @@ impl FundingService for FundingGrpc {
             "agreement.penalty_rate_bps",
             "must be 0 to 10000",
         );
-        v.check(
-            crate::app::waterfall_of(&a.waterfall).is_some(),
-            "agreement.waterfall",
-            "must be empty or list PENALTY, INTEREST and PRINCIPAL once each",
-        );
+        if let Some(problem) = crate::app::waterfall_problem(&a.waterfall) {
+            v.add("agreement.waterfall", problem);
+        }
         v.check(
             (0..=10_000).contains(&a.fee_partner_share_bps),
             "agreement.fee_partner_share_bps",
@@ -125,6 +124,17 @@ impl FundingService for FundingGrpc {
             "must be the calling partner",
         );
         v.money("principal", &r.principal, Amount::Positive);
+        // A ceiling far above any loan bounds servicing's arithmetic.
+        v.check(
+            r.principal
+                .as_ref()
+                .is_none_or(|p| p.minor_units <= crate::domain::MAX_PRINCIPAL),
+            "principal",
+            &format!(
+                "must be at most {} minor units",
+                crate::domain::MAX_PRINCIPAL
+            ),
+        );
         v.check(
             (1..=360).contains(&r.term_months),
             "term_months",
@@ -232,6 +242,17 @@ impl FundingService for FundingGrpc {
         v.check(date.is_some(), "value_date", "must be a date YYYY-MM-DD");
         v.id("bank_transaction_ref", &r.bank_transaction_ref);
         v.into_result()?;
+        // A repayment is in the loan's currency (which never changes), or refused.
+        let paid_in = r.amount.as_ref().map_or("", |m| m.currency_code.as_str());
+        if let Some(loan_currency) = self.app.loan_currency(&r.loan_id).await?
+            && paid_in != loan_currency
+        {
+            return Err(ApiError::currency_mismatch(
+                loan_currency.clone(),
+                format!("the loan is in {loan_currency}, the repayment in {paid_in}"),
+            )
+            .into());
+        }
         let hash = request_hash(&r);
         let resp = self
             .app
@@ -251,17 +272,100 @@ impl FundingService for FundingGrpc {
         &self,
         request: Request<pb::GetLoanRequest>,
     ) -> Result<Response<pb::GetLoanResponse>, Status> {
-        let caller = caller::partner_id(&request)?;
+        // The bank reads any loan; a partner only its own (another
+        // partner's is NOT_FOUND, as a missing one).
+        let caller = if caller::is_bank(&request) {
+            None
+        } else {
+            Some(caller::partner_id(&request)?)
+        };
         let r = request.into_inner();
-        let loan = self.app.get_loan(&caller, &r.loan_id).await?;
+        let loan = self.app.get_loan(caller.as_deref(), &r.loan_id).await?;
         Ok(Response::new(pb::GetLoanResponse { loan: Some(loan) }))
     }
 
     async fn list_loans(
         &self,
-        _request: Request<pb::ListLoansRequest>,
+        request: Request<pb::ListLoansRequest>,
     ) -> Result<Response<pb::ListLoansResponse>, Status> {
-        Err(Status::unimplemented("ListLoans is not implemented yet"))
+        let partner = if caller::is_bank(&request) {
+            // The bank's view: one partner's loans, or every partner's.
+            let p = request.get_ref().partner_id.clone();
+            if !p.is_empty() && !caller::valid_partner_id(&p) {
+                return Err(ApiError::field("partner_id", "is not a partner id").into());
+            }
+            (!p.is_empty()).then_some(p)
+        } else {
+            let own = caller::partner_id(&request)?;
+            let asked = &request.get_ref().partner_id;
+            if !asked.is_empty() && *asked != own {
+                return Err(
+                    ApiError::field("partner_id", "must be empty or the calling partner").into(),
+                );
+            }
+            Some(own)
+        };
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        let size = paging::page_size(r.page_size);
+        v.check(size.is_ok(), "page_size", "must be between 0 and 500");
+        let after = paging::decode_token(&r.page_token);
+        v.check(
+            after.is_ok(),
+            "page_token",
+            "is not a token this service issued",
+        );
+        // UNSPECIFIED: any status.
+        let status = match pb::LoanStatus::try_from(r.status) {
+            Ok(s) => LoanStatus::parse(s.as_str_name().trim_start_matches("LOAN_STATUS_")),
+            Err(_) => {
+                v.add("status", "is not a LoanStatus value");
+                None
+            }
+        };
+        let date = |v: &mut Violations, field: &str, s: &str| {
+            if s.is_empty() {
+                return None;
+            }
+            let d = parse_date(s);
+            v.check(d.is_some(), field, "must be empty or a date YYYY-MM-DD");
+            d
+        };
+        let reserved_from = date(&mut v, "reserved_from", &r.reserved_from);
+        let reserved_to = date(&mut v, "reserved_to", &r.reserved_to);
+        if let (Some(f), Some(t)) = (reserved_from, reserved_to) {
+            v.check(t >= f, "reserved_to", "must not be before reserved_from");
+        }
+        v.into_result()?;
+        let filter = LoanFilter {
+            partner_id: partner,
+            status,
+            reserved_from,
+            reserved_to,
+        };
+        let (loans, next) = self.app.list_loans(&filter, size?, &after?).await?;
+        Ok(Response::new(pb::ListLoansResponse {
+            loans,
+            next_page_token: paging::encode_token(&next),
+        }))
+    }
+
+    async fn accrue_interest(
+        &self,
+        request: Request<pb::AccrueInterestRequest>,
+    ) -> Result<Response<pb::AccrueInterestResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        v.request_id(&r.request_id);
+        let as_of = parse_date(&r.as_of);
+        v.check(as_of.is_some(), "as_of", "must be a date YYYY-MM-DD");
+        v.into_result()?;
+        let hash = request_hash(&r);
+        let resp = self
+            .app
+            .accrue_interest(r.request_id, hash, as_of.unwrap_or_default())
+            .await?;
+        Ok(Response::new(resp))
     }
 
     async fn get_trial_balance(
@@ -345,6 +449,11 @@ impl FundingService for FundingGrpc {
             "entry.kind",
             "must be PARTNER or CREDIT_ENHANCER",
         );
+        v.check(
+            e.group_id.is_empty() || caller::valid_partner_id(&e.group_id),
+            "entry.group_id",
+            "must be empty or 1 to 64 characters of letters, digits, '-' or '_'",
+        );
         let from = parse_date(&e.effective_from);
         v.check(
             from.is_some(),
@@ -378,14 +487,33 @@ impl FundingService for FundingGrpc {
             "borrower_key",
             "must be 1 to 128 characters",
         );
+        if !r.currency_code.is_empty() {
+            v.currency("currency_code", &r.currency_code);
+        }
         v.into_result()?;
-        let n = self.app.borrower_exposure(&r.borrower_key).await?;
+        // Empty: the jurisdiction's own currency.
+        let currency = if r.currency_code.is_empty() {
+            self.app.settings().jurisdiction.currency().to_string()
+        } else {
+            r.currency_code
+        };
+        let owed = self.app.borrower_exposure(&r.borrower_key).await?;
+        let exposure = owed
+            .iter()
+            .find(|(c, _)| *c == currency)
+            .map_or(0, |(_, n)| *n);
         Ok(Response::new(pb::GetBorrowerExposureResponse {
             exposure: Some(Money {
-                minor_units: n,
-                currency_code: "CNY".into(),
+                minor_units: exposure,
+                currency_code: currency,
             }),
-            ..Default::default()
+            by_currency: owed
+                .into_iter()
+                .map(|(currency_code, minor_units)| Money {
+                    minor_units,
+                    currency_code,
+                })
+                .collect(),
         }))
     }
 

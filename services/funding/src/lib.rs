@@ -44,6 +44,7 @@ pub async fn register_with(mesh: Mesh, settings: app::Settings) -> anyhow::Resul
         settings,
     );
     app.spawn_sweeper(&mesh.workers);
+    app.spawn_daily_accrual(&mesh.workers);
     app.spawn_relay(&mesh.workers)?;
     let server = grpc::server(app);
     Ok(Registered::new(SERVICE, move |routes| {

@@ -14,9 +14,13 @@
 //! date, so each repayment posts interest and penalty accruals first; there
 //! every raced loan must end exactly as one control loan repaid the same
 //! amounts one after the other: balances, allocations and ledger postings.
+//! Both replicas share one manual clock (business days in Asia/Shanghai),
+//! standing at the start of the run: the overdue variant moves it back 45
+//! days to reserve and disburse, and forward again to repay.
 use colend_contracts::common::v1::{Money, RepaymentMethod};
 use colend_contracts::funding::v1::{self as pb, funding_service_client::FundingServiceClient};
 use colend_platform::Db;
+use colend_platform::time::{Clock, Tz};
 use colend_testkit::{BOTH, Backend, TempDir, TestServer, as_bank, as_service, reason};
 use std::collections::BTreeMap;
 use tonic::transport::Channel;
@@ -36,6 +40,26 @@ fn m(x: &Option<Money>) -> i64 {
 
 type Client = FundingServiceClient<Channel>;
 
+/// The replicas' clock and where it stood at the start of the run.
+fn clock() -> &'static (Clock, i64) {
+    static CLOCK: std::sync::OnceLock<(Clock, i64)> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(|| {
+        let start = colend_platform::time::now_millis();
+        (Clock::manual(start), start)
+    })
+}
+
+/// Moves the clock to `days` before the start of the run.
+fn days_back(days: u64) {
+    let (c, start) = clock();
+    c.set(start - i64::try_from(days).unwrap_or(0) * 86_400_000);
+}
+
+/// The business day the clock stands on.
+fn today() -> String {
+    colend_platform::time::format_date(clock().0.business_date(Tz::Asia__Shanghai))
+}
+
 /// Two replicas on one PostgreSQL database; embedded storage is one
 /// process's (a single SQLite writer), so there both clients call the one
 /// server.
@@ -44,7 +68,10 @@ async fn replicas(backend: Backend) -> (TestServer, Option<TestServer>) {
     let b = colend_testkit::backends(backend, &dir).await;
     let start = |b, dir| {
         TestServer::start_with(b, dir, |mesh| async move {
-            Ok(vec![colend_funding::register(mesh).await?])
+            let mut settings = colend_funding::app::Settings::from_env()?;
+            settings.time_zone = Tz::Asia__Shanghai;
+            settings.clock = clock().0.clone();
+            Ok(vec![colend_funding::register_with(mesh, settings).await?])
         })
     };
     let first = start(b.clone(), dir).await;
@@ -120,22 +147,12 @@ async fn reserve(c: &mut Client, partner: &str, app: &str) -> pb::Loan {
         .unwrap()
 }
 
+/// A disbursement valued on the business day the clock stands on.
 fn disbursement(loan_id: &str, rid: &str, bank_ref: &str) -> pb::BookDisbursementRequest {
-    disbursement_on(loan_id, rid, bank_ref, 0)
-}
-
-/// A disbursement valued `days_ago` days before today.
-fn disbursement_on(
-    loan_id: &str,
-    rid: &str,
-    bank_ref: &str,
-    days_ago: u64,
-) -> pb::BookDisbursementRequest {
-    let day = colend_platform::time::today() - chrono::Days::new(days_ago);
     pb::BookDisbursementRequest {
         request_id: rid.into(),
         loan_id: loan_id.into(),
-        value_date: colend_platform::time::format_date(day),
+        value_date: today(),
         bank_transaction_ref: bank_ref.into(),
     }
 }
@@ -145,7 +162,7 @@ fn repayment(loan_id: &str, rid: &str, bank_ref: &str, amount: i64) -> pb::BookR
         request_id: rid.into(),
         loan_id: loan_id.into(),
         amount: cny(amount),
-        value_date: colend_platform::time::format_date(colend_platform::time::today()),
+        value_date: today(),
         bank_transaction_ref: bank_ref.into(),
     }
 }
@@ -477,12 +494,12 @@ async fn concurrent_repayments_overdue(a: &mut Client, b: &mut Client, db: &Db) 
     let counted = Counted::start(a, partner).await;
     let mut problems = Vec::new();
     let mut loans = Vec::new();
+    // Reserved and disbursed with the clock 45 days back, then repaid today.
     let disburse = |id: &str, tag: &str| {
-        as_bank(disbursement_on(
+        as_bank(disbursement(
             id,
             &format!("{partner}-d-{tag}"),
             &format!("{partner}-bank-d-{tag}"),
-            OVERDUE_DAYS,
         ))
     };
     let pay = |id: &str, tag: &str, k: usize| {
@@ -496,11 +513,13 @@ async fn concurrent_repayments_overdue(a: &mut Client, b: &mut Client, db: &Db) 
 
     // The control, repaid one call after the other.
     let before = trial_balance(a).await;
+    days_back(OVERDUE_DAYS);
     let control = reserve(a, partner, "ro-control").await;
     loans.push(control.loan_id.clone());
     a.book_disbursement(disburse(&control.loan_id, "control"))
         .await
         .unwrap();
+    days_back(0);
     for k in 0..3 {
         a.book_repayment(pay(&control.loan_id, "control", k))
             .await
@@ -529,11 +548,13 @@ async fn concurrent_repayments_overdue(a: &mut Client, b: &mut Client, db: &Db) 
 
     for i in 0..LOANS {
         let tag = i.to_string();
+        days_back(OVERDUE_DAYS);
         let loan = reserve(a, partner, &format!("ro-{i}")).await;
         loans.push(loan.loan_id.clone());
         a.book_disbursement(disburse(&loan.loan_id, &tag))
             .await
             .unwrap();
+        days_back(0);
         let calls = (0..3).map(|k| {
             let mut c = if k % 2 == 0 { a.clone() } else { b.clone() };
             let req = pay(&loan.loan_id, &tag, k);

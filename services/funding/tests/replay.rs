@@ -31,7 +31,10 @@ fn disbursement(loan_id: &str, rid: &str) -> pb::BookDisbursementRequest {
     pb::BookDisbursementRequest {
         request_id: rid.into(),
         loan_id: loan_id.into(),
-        value_date: colend_platform::time::format_date(colend_platform::time::today()),
+        // The business day funding runs on (its zone, as configured).
+        value_date: colend_platform::time::format_date(colend_platform::time::business_today(
+            colend_funding::app::time_zone_from_env().unwrap(),
+        )),
         bank_transaction_ref: format!("bank-{rid}"),
     }
 }

@@ -6,8 +6,8 @@ use chrono::NaiveDate;
 use colend_contracts::common::v1::{Funder, Money, RepaymentMethod};
 use colend_contracts::funding::v1 as fund;
 use colend_funding::domain::{
-    self, Allocation, Bucket, DayCount, Instalment, InstalmentState, Method, Paid, Pricing, Split,
-    Terms, Waterfall,
+    self, Accrued, Allocation, Bucket, DayCount, Instalment, InstalmentState, InterestSplit,
+    LoanState, Method, Paid, Party, Pricing, Split, Terms, Waterfall,
 };
 use colend_platform::time::parse_date;
 use std::collections::BTreeMap;
@@ -26,6 +26,9 @@ impl Ledger {
             if *d == 0 && *c == 0 {
                 continue;
             }
+            // A negative amount is posted on the other side, as funding does.
+            let (d, c) = (*d, *c);
+            let (d, c) = (d.max(0) - c.min(0), c.max(0) - d.min(0));
             let e = self
                 .0
                 .entry((funder.to_string(), account.to_string()))
@@ -149,32 +152,10 @@ pub fn principal_of(r: &fund::Repayment) -> i64 {
         .sum()
 }
 
-#[derive(Clone, Debug, Default)]
-struct Accrued {
-    interest: i64,
-    partner_interest: i64,
-    fee: i64,
-    partner_fee: i64,
-    penalty: i64,
-    partner_penalty: i64,
-}
-
-/// A disbursed loan, serviced one repayment at a time.
+/// A disbursed loan, serviced one repayment at a time through the domain.
 #[derive(Clone, Debug)]
 pub struct LoanModel {
-    split: Split,
-    terms: Terms,
-    price: Pricing,
-    method: Method,
-    day_count: DayCount,
-    waterfall: Waterfall,
-    penalty_rate_bps: i64,
-    insts: Vec<InstalmentState>,
-    accrued_flags: Vec<bool>,
-    accrued: Accrued,
-    paid: Paid,
-    penalty_through: NaiveDate,
-    principal: i64,
+    state: LoanState,
     /// The postings of the repayments booked so far.
     pub ledger: Ledger,
 }
@@ -215,57 +196,67 @@ impl LoanModel {
             }
             Waterfall([v[0], v[1], v[2], v[3]])
         };
+        let disbursed_on = date(&l.disbursed_on)?;
+        let interest_split = match fund::InterestSplit::try_from(l.interest_split) {
+            Ok(fund::InterestSplit::OwnRate) => InterestSplit::OwnRate,
+            Ok(fund::InterestSplit::RateWeighted) => InterestSplit::RateWeighted,
+            _ => InterestSplit::ProRata,
+        };
         Ok(LoanModel {
-            split: Split {
-                bank: minor(&l.bank_amount),
-                partner: minor(&l.partner_amount),
+            state: LoanState {
+                split: Split {
+                    bank: minor(&l.bank_amount),
+                    partner: minor(&l.partner_amount),
+                },
+                terms: Terms {
+                    partner_share_bps: l.partner_share_bps as i64,
+                    bank_rate_bps: l.bank_rate_bps as i64,
+                    partner_rate_bps: l.partner_rate_bps as i64,
+                    fee_partner_bps: l.fee_partner_share_bps as i64,
+                    interest_split,
+                    residual_party: if l.residual_party == Funder::Partner as i32 {
+                        Party::Partner
+                    } else {
+                        Party::Bank
+                    },
+                    allow_negative_residual: l.allow_negative_residual,
+                },
+                price: Pricing {
+                    rate_bps: l.annual_rate_bps as i64,
+                    fee_bps: l.annual_fee_bps as i64,
+                },
+                method: match RepaymentMethod::try_from(l.repayment_method) {
+                    Ok(RepaymentMethod::EqualPrincipal) => Method::EqualPrincipal,
+                    Ok(RepaymentMethod::InterestFirst) => Method::InterestFirst,
+                    _ => Method::EqualInstalment,
+                },
+                day_count: if l.day_count == fund::DayCount::Act365 as i32 {
+                    DayCount::Act365
+                } else {
+                    DayCount::Act360
+                },
+                penalty_rate_bps: l.penalty_rate_bps as i64,
+                waterfall,
+                disbursed_on,
+                insts,
+                accrued: Accrued::default(),
+                accrued_through: disbursed_on,
+                penalty_through: disbursed_on,
+                paid: Paid::default(),
+                overpaid: 0,
             },
-            terms: Terms {
-                partner_share_bps: l.partner_share_bps as i64,
-                bank_rate_bps: l.bank_rate_bps as i64,
-                partner_rate_bps: l.partner_rate_bps as i64,
-                fee_partner_bps: l.fee_partner_share_bps as i64,
-            },
-            price: Pricing {
-                rate_bps: l.annual_rate_bps as i64,
-                fee_bps: l.annual_fee_bps as i64,
-            },
-            method: match RepaymentMethod::try_from(l.repayment_method) {
-                Ok(RepaymentMethod::EqualPrincipal) => Method::EqualPrincipal,
-                Ok(RepaymentMethod::InterestFirst) => Method::InterestFirst,
-                _ => Method::EqualInstalment,
-            },
-            day_count: if l.day_count == fund::DayCount::Act365 as i32 {
-                DayCount::Act365
-            } else {
-                DayCount::Act360
-            },
-            waterfall,
-            penalty_rate_bps: l.penalty_rate_bps as i64,
-            accrued_flags: vec![false; insts.len()],
-            insts,
-            accrued: Accrued::default(),
-            paid: Paid::default(),
-            penalty_through: date(&l.disbursed_on)?,
-            principal: minor(&l.principal),
             ledger: Ledger::default(),
         })
     }
 
     /// The most that can be paid on `value_date` (accruals included).
     pub fn payoff(&self, value_date: NaiveDate) -> i64 {
-        let mut probe = self.clone();
-        probe.accrue(value_date);
-        domain::payoff(
-            &probe.insts,
-            value_date,
-            probe.accrued.penalty - probe.paid.penalty,
-        )
+        domain::payoff(&self.state, value_date).unwrap_or(0)
     }
 
     /// Principal still owed, both funders.
     pub fn outstanding(&self) -> i64 {
-        self.principal - self.paid.principal
+        self.state.principal() - self.state.paid.principal
     }
 
     fn accrual(&mut self, what: &str, bank: i64, partner: i64) {
@@ -278,91 +269,33 @@ impl LoanModel {
         ]);
     }
 
-    /// Penalty on overdue amounts, then the interest and fees of every
-    /// instalment payable on `value_date`, as booking a repayment does.
-    fn accrue(&mut self, value_date: NaiveDate) {
-        if value_date > self.penalty_through {
-            let add = domain::penalty_accrual(
-                &self.insts,
-                self.penalty_through,
-                value_date,
-                self.penalty_rate_bps,
-                self.day_count,
-            );
-            if add > 0 {
-                let total = self.accrued.penalty + add;
-                let partner = domain::partner_principal_part(total, self.split)
-                    - self.accrued.partner_penalty;
-                self.accrual("PENALTY", add - partner, partner);
-                self.accrued.penalty = total;
-                self.accrued.partner_penalty += partner;
-            }
-            self.penalty_through = value_date;
-        }
-        let payable = domain::payable(&self.insts, value_date);
-        let newly: Vec<usize> = (0..payable).filter(|i| !self.accrued_flags[*i]).collect();
-        let add: i64 = newly.iter().map(|i| self.insts[*i].inst.interest).sum();
-        if add > 0 {
-            let total = self.accrued.interest + add;
-            let partner = domain::partner_interest_part(total, self.split, &self.terms)
-                - self.accrued.partner_interest;
-            self.accrual("INTEREST", add - partner, partner);
-            self.accrued.interest = total;
-            self.accrued.partner_interest += partner;
-        }
-        let add_fee: i64 = newly.iter().map(|i| self.insts[*i].inst.fee).sum();
-        if add_fee > 0 {
-            let total = self.accrued.fee + add_fee;
-            let partner = domain::partner_fee_part(total, &self.terms) - self.accrued.partner_fee;
-            self.accrual("FEE", add_fee - partner, partner);
-            self.accrued.fee = total;
-            self.accrued.partner_fee += partner;
-        }
-        for i in newly {
-            self.accrued_flags[i] = true;
-        }
-    }
-
-    /// Books one repayment; its allocations, or why the model refuses it.
+    /// Books one repayment as BookRepayment does (accrual to the value
+    /// date, waterfall, re-cut); its allocations, or why the model refuses it.
     pub fn repay(&mut self, amount: i64, value_date: NaiveDate) -> Result<Allocations, String> {
-        let mut next = self.clone();
-        next.accrue(value_date);
-        let penalty_due = next.accrued.penalty - next.paid.penalty;
-        let a: Allocation = domain::allocate(
-            amount,
-            value_date,
-            &next.insts,
-            (next.split, &next.terms),
-            &next.paid,
-            penalty_due,
-            next.waterfall,
-        )
-        .map_err(|e| e.to_string())?;
-        let payable = domain::payable(&next.insts, value_date);
-        let insts = domain::apply(
-            &next.insts,
-            &a,
-            value_date,
-            next.price,
-            next.method,
-            next.day_count,
-        );
-        // Instalments rewritten after a prepayment start unaccrued.
-        next.accrued_flags.truncate(payable.min(insts.len()));
-        next.accrued_flags.resize(insts.len(), false);
-        next.insts = insts;
-        next.paid = a.after.clone();
-        next.ledger.post(&[
+        let b = domain::repay(&self.state, amount, value_date).map_err(|e| e.to_string())?;
+        for (what, part) in [
+            ("PENALTY", b.accrual.penalty),
+            ("INTEREST", b.accrual.interest),
+            ("FEE", b.accrual.fee),
+        ] {
+            if part.bank != 0 || part.partner != 0 {
+                self.accrual(what, part.bank, part.partner);
+            }
+        }
+        let a: &Allocation = &b.allocation;
+        self.ledger.post(&[
             ("BANK", "CASH", a.bank.total(), 0),
             ("BANK", "LOANS_RECEIVABLE", 0, a.bank.principal),
             ("BANK", "INTEREST_RECEIVABLE", 0, a.bank.interest),
             ("BANK", "FEE_RECEIVABLE", 0, a.bank.fee),
             ("BANK", "PENALTY_RECEIVABLE", 0, a.bank.penalty),
+            ("BANK", "OVERPAYMENT_PAYABLE", 0, a.bank.overpayment),
             ("PARTNER", "CASH", a.partner.total(), 0),
             ("PARTNER", "LOANS_RECEIVABLE", 0, a.partner.principal),
             ("PARTNER", "INTEREST_RECEIVABLE", 0, a.partner.interest),
             ("PARTNER", "FEE_RECEIVABLE", 0, a.partner.fee),
             ("PARTNER", "PENALTY_RECEIVABLE", 0, a.partner.penalty),
+            ("PARTNER", "OVERPAYMENT_PAYABLE", 0, a.partner.overpayment),
         ]);
         let mut out = Allocations::new();
         for (funder, parts) in [(Funder::Bank, a.bank), (Funder::Partner, a.partner)] {
@@ -371,19 +304,20 @@ impl LoanModel {
                 (fund::Component::Fee, parts.fee),
                 (fund::Component::Interest, parts.interest),
                 (fund::Component::Principal, parts.principal),
+                (fund::Component::Overpayment, parts.overpayment),
             ] {
                 if v != 0 {
                     out.insert((funder as i32, c as i32), v);
                 }
             }
         }
-        *self = next;
+        self.state = b.after;
         Ok(out)
     }
 
     /// The balances GetLoan should report for each funder (bank, partner).
     pub fn balances(&self) -> [Balances; 2] {
-        let (p, a) = (&self.paid, &self.accrued);
+        let (p, a, split) = (&self.state.paid, &self.state.accrued, self.state.split);
         let out = |principal: i64, paid_p, ia, ip, fa, fp, pa, pp| Balances {
             principal_outstanding: principal - paid_p,
             interest_accrued: ia,
@@ -395,7 +329,7 @@ impl LoanModel {
         };
         [
             out(
-                self.split.bank,
+                split.bank,
                 p.principal - p.partner_principal,
                 a.interest - a.partner_interest,
                 p.interest - p.partner_interest,
@@ -405,7 +339,7 @@ impl LoanModel {
                 p.penalty - p.partner_penalty,
             ),
             out(
-                self.split.partner,
+                split.partner,
                 p.partner_principal,
                 a.partner_interest,
                 p.partner_interest,

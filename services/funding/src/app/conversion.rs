@@ -56,6 +56,23 @@ pub fn waterfall_of(v: &[i32]) -> Option<Waterfall> {
     Waterfall::parse(&names.join(","))
 }
 
+/// Why an agreement may not state this waterfall order; `None` when the
+/// allocator applies it exactly as stated. Penalty is owed on the loan as a
+/// whole, so it is paid before every instalment or after them, never between
+/// an instalment's components. Agreements stored before this rule keep the
+/// order they were stored with (penalty not first is paid after the instalments).
+pub fn waterfall_problem(v: &[i32]) -> Option<String> {
+    match waterfall_of(v) {
+        Some(w) if domain::waterfall_supported(&w) => None,
+        _ => Some(
+            "must be empty (PENALTY, FEE, INTEREST, PRINCIPAL) or list PENALTY, INTEREST and \
+             PRINCIPAL (and FEE, else fees are paid just before interest) once each, with \
+             PENALTY first or last"
+                .into(),
+        ),
+    }
+}
+
 pub(super) fn day_count_pb(d: DayCount) -> pb::DayCount {
     match d {
         DayCount::Act360 => pb::DayCount::Act360,
@@ -79,12 +96,10 @@ pub(super) fn loan_pb(
 ) -> pb::Loan {
     let c = &l.currency;
     let live = l.status.was_disbursed();
-    let split = Split {
-        bank: l.bank_amount,
-        partner: l.partner_amount,
-    };
     let insts: Vec<Instalment> = schedule.iter().map(|s| s.inst.clone()).collect();
-    let (bank_lines, partner_lines) = domain::funder_schedules(&insts, split, &l.terms);
+    let (bank_lines, partner_lines) = loan_state(l, schedule.to_vec())
+        .map(|state| domain::funder_schedules(&state))
+        .unwrap_or_default();
     let lines = |f: Funder, v: &[domain::FunderLine]| -> Vec<pb::FunderInstalment> {
         v.iter()
             .map(|x| pb::FunderInstalment {
@@ -179,6 +194,78 @@ pub(super) fn loan_pb(
         balances,
         annual_fee_bps: l.fee_bps as i32,
         fee_partner_share_bps: l.terms.fee_partner_bps as i32,
-        ..Default::default()
+        reserved_on: l.reserved_on.clone(),
+        interest_split: interest_split_pb(l.terms.interest_split) as i32,
+        residual_party: party_pb(l.terms.residual_party) as i32,
+        allow_negative_residual: l.terms.allow_negative_residual,
+        accrued_through: if live && l.accrued_through.is_empty() {
+            l.disbursed_on.clone()
+        } else {
+            l.accrued_through.clone()
+        },
+        overpayment: live.then(|| money(l.overpaid, c)).flatten(),
+    }
+}
+
+/// The agreement's terms a loan freezes (rule P2). A version stored before
+/// the interest split existed is RATE_WEIGHTED (migration 0011) and its
+/// loans are too, until the bank stores a new version; an interest split no
+/// agreement can state is PRO_RATA.
+pub(super) fn agreement_terms(a: &pb::Agreement) -> Terms {
+    Terms {
+        partner_share_bps: i64::from(a.partner_share_bps),
+        bank_rate_bps: i64::from(a.bank_rate_bps),
+        partner_rate_bps: i64::from(a.partner_rate_bps),
+        fee_partner_bps: i64::from(a.fee_partner_share_bps),
+        interest_split: stored_interest_split(a.interest_split).unwrap_or_default(),
+        residual_party: party_of(a.residual_party).unwrap_or_default(),
+        allow_negative_residual: a.allow_negative_residual,
+    }
+}
+
+/// How a loan or agreement shares interest, as the contract says it.
+pub(super) fn interest_split_pb(s: InterestSplit) -> pb::InterestSplit {
+    match s {
+        InterestSplit::ProRata => pb::InterestSplit::ProRata,
+        InterestSplit::OwnRate => pb::InterestSplit::OwnRate,
+        InterestSplit::RateWeighted => pb::InterestSplit::RateWeighted,
+    }
+}
+
+/// An agreement's interest split: UNSPECIFIED is PRO_RATA; RATE_WEIGHTED
+/// (loans booked before the split existed) and unknown values are `None`.
+pub(super) fn interest_split_of(v: i32) -> Option<InterestSplit> {
+    match pb::InterestSplit::try_from(v) {
+        Ok(pb::InterestSplit::Unspecified | pb::InterestSplit::ProRata) => {
+            Some(InterestSplit::ProRata)
+        }
+        Ok(pb::InterestSplit::OwnRate) => Some(InterestSplit::OwnRate),
+        _ => None,
+    }
+}
+
+/// A stored agreement's interest split: what [`interest_split_of`] accepts,
+/// and RATE_WEIGHTED, which only versions stored before the split existed
+/// carry.
+fn stored_interest_split(v: i32) -> Option<InterestSplit> {
+    match pb::InterestSplit::try_from(v) {
+        Ok(pb::InterestSplit::RateWeighted) => Some(InterestSplit::RateWeighted),
+        _ => interest_split_of(v),
+    }
+}
+
+pub(super) fn party_pb(p: Party) -> Funder {
+    match p {
+        Party::Bank => Funder::Bank,
+        Party::Partner => Funder::Partner,
+    }
+}
+
+/// An agreement's residual party: UNSPECIFIED is the bank; unknown values are `None`.
+pub(super) fn party_of(v: i32) -> Option<Party> {
+    match Funder::try_from(v) {
+        Ok(Funder::Unspecified | Funder::Bank) => Some(Party::Bank),
+        Ok(Funder::Partner) => Some(Party::Partner),
+        _ => None,
     }
 }

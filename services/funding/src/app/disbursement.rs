@@ -11,6 +11,12 @@ impl Funding {
         value_date: chrono::NaiveDate,
         bank_ref: String,
     ) -> ApiResult<pb::Loan> {
+        // The business day and the clock the value date is judged by.
+        let (today, now) = (self.business_today(), self.now());
+        let (zone, forward_days) = (
+            self.settings.time_zone,
+            self.settings.disbursement_forward_days,
+        );
         let loan = idempotency::run(&self.db, "BookDisbursement".into(), request_id.clone(), hash, move |tx| {
             Box::pin(async move {
                 // Under the loan's lock: a release, an expiry or another
@@ -34,7 +40,7 @@ impl Funding {
                         l.status
                     )));
                 }
-                if l.expires_at < now_millis() {
+                if l.expires_at < now {
                     // Past its expiry the reservation holds nothing the bank
                     // may still draw on: the sweeper is voiding it.
                     return Err(ApiError::InvalidState(format!(
@@ -53,6 +59,7 @@ impl Funding {
                         l.application_id
                     )));
                 }
+                value_date_allowed(&l, value_date, today, zone, forward_days)?;
                 let sched = domain::schedule(
                     l.principal,
                     l.term_months as i32,
@@ -121,4 +128,48 @@ impl Funding {
         }
         Ok(loan)
     }
+}
+
+/// A disbursement's value date lies from the business day the loan was
+/// reserved through the business day its reservation expires, and not after
+/// today plus the forward cut-off; anything else is INVALID_ARGUMENT on
+/// `value_date`, saying the window.
+fn value_date_allowed(
+    l: &LoanRow,
+    value_date: chrono::NaiveDate,
+    today: chrono::NaiveDate,
+    zone: Tz,
+    forward_days: u32,
+) -> ApiResult<()> {
+    let reserved_on = parse_date(&l.reserved_on).ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!(
+            "loan {}: stored reserved_on {:?} does not decode",
+            l.loan_id,
+            l.reserved_on
+        ))
+    })?;
+    let expires_on = business_date(zone, l.expires_at);
+    let window = domain::ValueDateWindow::of(reserved_on, expires_on, today, forward_days);
+    if window.contains(value_date) {
+        return Ok(());
+    }
+    let why = if window.from > window.to {
+        format!(
+            "no value date is left: the loan was reserved on {reserved_on} and today is {today}"
+        )
+    } else {
+        format!(
+            "must be from {} to {}: not before the day the loan was reserved ({reserved_on}), \
+             not after its reservation expires ({expires_on}), and at most {forward_days} days \
+             after today ({today}, {zone})",
+            window.from, window.to
+        )
+    };
+    Err(ApiError::field(
+        "value_date",
+        &format!(
+            "{} is outside the disbursement window: {why}",
+            format_date(value_date)
+        ),
+    ))
 }

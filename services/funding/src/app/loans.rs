@@ -8,7 +8,7 @@ pub(super) const LOAN_COLS: &str = "loan_id, application_id, partner_id, status,
     partner_principal_paid, partner_interest_paid, partner_penalty_paid, borrower_key, expires_at, day_count, \
     penalty_rate_bps, waterfall, interest_accrued, partner_interest_accrued, penalty_accrued, \
     partner_penalty_accrued, penalty_through, fee_bps, fee_partner_bps, fee_paid, partner_fee_paid, fee_accrued, \
-    partner_fee_accrued";
+    partner_fee_accrued, interest_split, residual_party, allow_negative_residual, accrued_through, overpayment";
 
 /// A loan as stored, decoded: every stored enum is checked.
 #[derive(Clone, Debug)]
@@ -39,6 +39,11 @@ pub(super) struct LoanRow {
     pub penalty_through: String,
     /// Fees on top of interest, basis points a year.
     pub fee_bps: i64,
+    /// Interest and fees are accrued through this date ("" before the
+    /// first accrual: the disbursement date).
+    pub accrued_through: String,
+    /// Paid beyond the payoff, owed back to the borrower.
+    pub overpaid: i64,
 }
 
 /// The `loans` row as the database has it, read by column name.
@@ -84,6 +89,11 @@ pub(super) struct LoanRecord {
     partner_fee_paid: i64,
     fee_accrued: i64,
     partner_fee_accrued: i64,
+    interest_split: String,
+    residual_party: String,
+    allow_negative_residual: i64,
+    accrued_through: String,
+    overpayment: i64,
 }
 
 /// A stored value that does not decode: the row is corrupt or from a
@@ -112,6 +122,15 @@ impl TryFrom<LoanRecord> for LoanRow {
                 bank_rate_bps: r.bank_rate_bps,
                 partner_rate_bps: r.partner_rate_bps,
                 fee_partner_bps: r.fee_partner_bps,
+                interest_split: InterestSplit::parse(&r.interest_split)
+                    .ok_or_else(|| corrupt(id, "interest_split", &r.interest_split))?,
+                residual_party: Party::parse(&r.residual_party)
+                    .ok_or_else(|| corrupt(id, "residual_party", &r.residual_party))?,
+                allow_negative_residual: match r.allow_negative_residual {
+                    0 => false,
+                    1 => true,
+                    other => return Err(corrupt(id, "allow_negative_residual", other)),
+                },
             },
             paid: Paid {
                 principal: r.principal_paid,
@@ -149,6 +168,8 @@ impl TryFrom<LoanRecord> for LoanRow {
             penalty_rate_bps: r.penalty_rate_bps,
             penalty_through: r.penalty_through,
             fee_bps: r.fee_bps,
+            accrued_through: r.accrued_through,
+            overpaid: r.overpayment,
         })
     }
 }
@@ -177,21 +198,22 @@ pub(super) async fn lock_loan(conn: &mut AnyConnection, loan_id: &str) -> ApiRes
     loan_row(&row.ok_or_else(|| ApiError::NotFound("loan".into()))?)
 }
 
-/// The loan's instalments with what was paid on each, and whether each one's
-/// interest has been accrued.
+/// The loan's instalments with what accrued and was paid on each, and
+/// whether each one was accrued whole under the rules before daily accrual.
 pub(super) async fn load_schedule(
     conn: &mut AnyConnection,
     loan_id: &str,
 ) -> ApiResult<(Vec<InstalmentState>, Vec<bool>)> {
     let rows: Vec<InstalmentRecord> = sqlx::query_as(
-        "SELECT seq, due_date, principal, interest, principal_paid, interest_paid, accrued, fee, fee_paid FROM instalments \
-         WHERE loan_id = $1 ORDER BY seq",
+        "SELECT seq, due_date, principal, interest, principal_paid, interest_paid, accrued, fee, fee_paid, \
+         accrual_from, balance, interest_before, fee_before, bank_own_before, partner_own_before, \
+         interest_accrued, fee_accrued, penalty_segment_from, penalty_segment_accrued \
+         FROM instalments WHERE loan_id = $1 ORDER BY seq",
     )
     .bind(loan_id)
     .fetch_all(&mut *conn)
     .await?;
     let mut s = Vec::with_capacity(rows.len());
-    let mut accrued = Vec::with_capacity(rows.len());
     for r in rows {
         let bad = |column: &str, value: &dyn std::fmt::Display| {
             ApiError::internal(anyhow::anyhow!(
@@ -210,14 +232,35 @@ pub(super) async fn load_schedule(
             principal_paid: r.principal_paid,
             interest_paid: r.interest_paid,
             fee_paid: r.fee_paid,
-        });
-        accrued.push(match r.accrued {
-            0 => false,
-            1 => true,
-            other => return Err(bad("accrued", &other)),
+            interest_accrued: r.interest_accrued,
+            fee_accrued: r.fee_accrued,
+            segment: domain::Segment {
+                from: match r.accrual_from.as_str() {
+                    "" => None,
+                    d => Some(parse_date(d).ok_or_else(|| bad("accrual_from", &d))?),
+                },
+                balance: Some(r.balance),
+                interest_before: r.interest_before,
+                fee_before: r.fee_before,
+                bank_own_before: r.bank_own_before,
+                partner_own_before: r.partner_own_before,
+            },
+            penalty: domain::PenaltySegment {
+                from: match r.penalty_segment_from.as_str() {
+                    "" => None,
+                    d => Some(parse_date(d).ok_or_else(|| bad("penalty_segment_from", &d))?),
+                },
+                accrued: r.penalty_segment_accrued,
+            },
+            accrued_in_full: match r.accrued {
+                0 => false,
+                1 => true,
+                other => return Err(bad("accrued", &other)),
+            },
         });
     }
-    Ok((s, accrued))
+    let whole = s.iter().map(|x| x.accrued_in_full).collect();
+    Ok((s, whole))
 }
 
 /// An `instalments` row, read by column name.
@@ -232,6 +275,43 @@ struct InstalmentRecord {
     accrued: i64,
     fee: i64,
     fee_paid: i64,
+    accrual_from: String,
+    balance: i64,
+    interest_before: i64,
+    fee_before: i64,
+    bank_own_before: i64,
+    partner_own_before: i64,
+    interest_accrued: i64,
+    fee_accrued: i64,
+    penalty_segment_from: String,
+    penalty_segment_accrued: i64,
+}
+
+/// The loan as servicing sees it, once disbursed (`None` before).
+pub(super) fn loan_state(l: &LoanRow, insts: Vec<InstalmentState>) -> Option<LoanState> {
+    let disbursed_on = parse_date(&l.disbursed_on)?;
+    Some(LoanState {
+        split: Split {
+            bank: l.bank_amount,
+            partner: l.partner_amount,
+        },
+        terms: l.terms.clone(),
+        price: Pricing {
+            rate_bps: l.annual_rate_bps,
+            fee_bps: l.fee_bps,
+        },
+        method: l.method,
+        day_count: l.day_count,
+        penalty_rate_bps: l.penalty_rate_bps,
+        waterfall: l.waterfall,
+        disbursed_on,
+        insts,
+        accrued: l.accrued.clone(),
+        accrued_through: parse_date(&l.accrued_through).unwrap_or(disbursed_on),
+        penalty_through: parse_date(&l.penalty_through).unwrap_or(disbursed_on),
+        paid: l.paid.clone(),
+        overpaid: l.overpaid,
+    })
 }
 
 pub(super) async fn load_repayments(
@@ -252,23 +332,78 @@ pub(super) async fn load_repayments(
         .collect()
 }
 
-/// Stores instalments (nothing paid, nothing accrued).
+/// Stores a new schedule (nothing accrued or paid).
 pub(super) async fn insert_instalments(
     conn: &mut AnyConnection,
     loan_id: &str,
     sched: &[Instalment],
 ) -> ApiResult<()> {
+    let mut balance: i64 = sched.iter().map(|i| i.principal).sum();
+    let mut states = Vec::with_capacity(sched.len());
     for i in sched {
+        let mut s = InstalmentState::new(i.clone());
+        s.segment.balance = Some(balance);
+        balance -= i.principal;
+        states.push(s);
+    }
+    insert_states(conn, loan_id, &states).await
+}
+
+/// Replaces the loan's instalments with `insts` (after a repayment).
+pub(super) async fn store_schedule(
+    conn: &mut AnyConnection,
+    loan_id: &str,
+    insts: &[InstalmentState],
+) -> ApiResult<()> {
+    sqlx::query("DELETE FROM instalments WHERE loan_id = $1")
+        .bind(loan_id)
+        .execute(&mut *conn)
+        .await?;
+    insert_states(conn, loan_id, insts).await
+}
+
+async fn insert_states(
+    conn: &mut AnyConnection,
+    loan_id: &str,
+    insts: &[InstalmentState],
+) -> ApiResult<()> {
+    for s in insts {
+        let i = &s.inst;
+        let balance = match s.segment.balance {
+            Some(b) => b,
+            None => {
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "loan {loan_id} instalment {}: no segment balance to store",
+                    i.seq
+                )));
+            }
+        };
         sqlx::query(
             "INSERT INTO instalments (loan_id, seq, due_date, principal, interest, principal_paid, interest_paid, accrued, \
-             fee, fee_paid) VALUES ($1, $2, $3, $4, $5, 0, 0, 0, $6, 0)",
+             fee, fee_paid, accrual_from, balance, interest_before, fee_before, bank_own_before, partner_own_before, \
+             interest_accrued, fee_accrued, penalty_segment_from, penalty_segment_accrued) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
         )
         .bind(loan_id)
-        .bind(i.seq as i64)
+        .bind(i64::from(i.seq))
         .bind(format_date(i.due))
         .bind(i.principal)
         .bind(i.interest)
+        .bind(s.principal_paid)
+        .bind(s.interest_paid)
+        .bind(i64::from(s.accrued_in_full))
         .bind(i.fee)
+        .bind(s.fee_paid)
+        .bind(s.segment.from.map(format_date).unwrap_or_default())
+        .bind(balance)
+        .bind(s.segment.interest_before)
+        .bind(s.segment.fee_before)
+        .bind(s.segment.bank_own_before)
+        .bind(s.segment.partner_own_before)
+        .bind(s.interest_accrued)
+        .bind(s.fee_accrued)
+        .bind(s.penalty.from.map(format_date).unwrap_or_default())
+        .bind(s.penalty.accrued)
         .execute(&mut *conn)
         .await?;
     }

@@ -21,6 +21,16 @@ pub(super) fn loan_event(
     }
 }
 
+/// The application status a booked repayment reports: SETTLED (terminal)
+/// when it settled the loan, REPAYING otherwise.
+pub(super) fn repayment_status(loan: &LoanRow) -> acq::ApplicationStatus {
+    if loan.status == LoanStatus::Settled {
+        acq::ApplicationStatus::Settled
+    } else {
+        acq::ApplicationStatus::Repaying
+    }
+}
+
 /// The topic of funding's loan events in the outbox.
 const TOPIC: &str = "acquisition.RecordLoanEvent";
 

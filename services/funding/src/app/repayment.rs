@@ -1,12 +1,22 @@
-//! Repayments: accrual, the waterfall, each funder's part and ledger.
+//! Repayments: accrual to the value date, the waterfall, each funder's part and ledger.
 use super::*;
 
 impl Funding {
-    /// Books a repayment: accrues penalty interest on overdue amounts and the
-    /// interest of the instalments now payable, allocates the amount through
-    /// the loan's waterfall (a surplus prepays principal and the rest of the
-    /// schedule is recomputed), splits every component between the funders
-    /// and posts each funder's ledger.
+    /// Books a repayment: accrues the loan to the value date (penalty
+    /// interest on overdue amounts; interest and fees day by day, posted to
+    /// each funder's income), allocates the amount through the loan's
+    /// waterfall (overdue instalments in full, the current period's interest
+    /// and fee accrued so far; a surplus prepays principal, which stops
+    /// bearing interest that day, and the schedule is re-cut; beyond the
+    /// payoff an overpayment settles the loan and is owed back), splits every
+    /// component between the funders and posts each funder's ledger.
+    ///
+    /// A value date after the business today or before the disbursement is
+    /// INVALID_ARGUMENT; before the last repayment booked on the loan, or
+    /// before the date its interest, fees or penalty are accrued through, it
+    /// is BACK_VALUED (accrual never runs backwards). An amount above the
+    /// payoff on the value date plus the overpayment tolerance is
+    /// INVALID_ARGUMENT on `amount`, stating the payoff.
     pub async fn book_repayment(
         &self,
         request_id: String,
@@ -16,6 +26,13 @@ impl Funding {
         value_date: chrono::NaiveDate,
         bank_ref: String,
     ) -> ApiResult<pb::BookRepaymentResponse> {
+        if value_date > self.business_today() {
+            return Err(ApiError::field(
+                "value_date",
+                "must not be after today (the business date): repayments are booked once received",
+            ));
+        }
+        let tolerance_bps = self.settings.overpayment_tolerance_bps;
         let resp = idempotency::run(&self.db, "BookRepayment".into(), request_id, hash, move |tx| {
             Box::pin(async move {
                 // Under the loan's lock: concurrent repayments of one loan
@@ -53,88 +70,71 @@ impl Funding {
                 if parse_date(&l.disbursed_on).is_some_and(|d| value_date < d) {
                     return Err(ApiError::field("value_date", "must not be before the disbursement"));
                 }
-                let (insts, accrued_flags) = load_schedule(tx, &loan_id).await?;
-                let split = Split { bank: l.bank_amount, partner: l.partner_amount };
+                let (insts, _) = load_schedule(tx, &loan_id).await?;
+                let state = loan_state(&l, insts).ok_or_else(|| {
+                    ApiError::internal(anyhow::anyhow!("loan {loan_id} is disbursed without a disbursement date"))
+                })?;
+                // Accrual and penalty run forward only: a repayment valued
+                // before one already booked, or before what is accrued (an
+                // end-of-day accrual included), would move them back.
+                let (last,): (Option<String>,) =
+                    sqlx::query_as("SELECT MAX(value_date) FROM repayments WHERE loan_id = $1")
+                        .bind(&loan_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let earliest = domain::earliest_value_date(&state, last.as_deref().and_then(parse_date));
+                if value_date < earliest {
+                    return Err(ApiError::BackValued(format!(
+                        "value date {} is before {earliest}: this loan's last repayment or its accrual of \
+                         interest, fees and penalty already reaches that date, and accruals are never re-run; \
+                         the bank books it with a value date on or after {earliest}",
+                        format_date(value_date)
+                    )));
+                }
+                // Accrue to the value date, allocate by the waterfall, re-cut
+                // the schedule after a prepayment: all in the pure domain.
+                let booking = domain::repay_within(&state, amount.minor_units, value_date, tolerance_bps)
+                    .map_err(|e| match e {
+                        domain::WaterfallError::AbovePayoff { payoff, most } => {
+                            let show = |v: i64| match colend_core::Currency::parse(&l.currency) {
+                                Ok(c) => format!("{} {c}", c.format(v)),
+                                Err(_) => format!("{v} minor units"),
+                            };
+                            ApiError::field(
+                                "amount",
+                                &format!(
+                                    "must be at most {}: the payoff on {} is {}, and a repayment may exceed it \
+                                     by at most {tolerance_bps} bps of it (owed back to the borrower)",
+                                    show(most),
+                                    format_date(value_date),
+                                    show(payoff)
+                                ),
+                            )
+                        }
+                        e => ApiError::field("amount.minor_units", &e.to_string()),
+                    })?;
+                let (acc, a, after) = (&booking.accrual, &booking.allocation, &booking.after);
                 let c = l.currency.clone();
-                // Penalty on overdue amounts since the last accrual, then the
-                // interest and fee of every instalment payable now.
-                let acc = domain::accrue(
-                    &l.accrued,
-                    &insts,
-                    &accrued_flags,
-                    parse_date(&l.penalty_through),
-                    value_date,
-                    AccrualTerms {
-                        split,
-                        terms: &l.terms,
-                        penalty_rate_bps: l.penalty_rate_bps,
-                        day_count: l.day_count,
-                    },
-                );
+                // What accrued since the last accrual, for each funder: penalty
+                // on overdue amounts, interest and fees day by day.
                 for (what, part) in [("PENALTY", acc.penalty), ("INTEREST", acc.interest), ("FEE", acc.fee)] {
-                    if part.total() > 0 {
+                    if part.bank != 0 || part.partner != 0 {
                         post_accrual(tx, &loan_id, &c, what, part.bank, part.partner).await?;
                     }
                 }
-                l.accrued = acc.after;
-                if let Some(d) = acc.penalty_through {
-                    l.penalty_through = format_date(d);
-                }
-                let payable = domain::payable(&insts, value_date);
-                let newly = acc.newly;
-                for seq in &newly {
-                    sqlx::query("UPDATE instalments SET accrued = 1 WHERE loan_id = $1 AND seq = $2")
-                        .bind(&loan_id)
-                        .bind(*seq as i64)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                let penalty_due = l.accrued.penalty - l.paid.penalty;
-                let a = domain::allocate(
-                    amount.minor_units,
-                    value_date,
-                    &insts,
-                    (split, &l.terms),
-                    &l.paid,
-                    penalty_due,
-                    l.waterfall,
-                )
-                .map_err(|e| ApiError::field("amount.minor_units", &e.to_string()))?;
-                let price = Pricing { rate_bps: l.annual_rate_bps, fee_bps: l.fee_bps };
-                let next = domain::apply(&insts, &a, value_date, price, l.method, l.day_count);
-                for pay in &a.instalments {
-                    sqlx::query(
-                        "UPDATE instalments SET principal_paid = principal_paid + $1, interest_paid = interest_paid + $2, \
-                         fee_paid = fee_paid + $3 WHERE loan_id = $4 AND seq = $5",
-                    )
-                    .bind(pay.principal)
-                    .bind(pay.interest)
-                    .bind(pay.fee)
-                    .bind(&loan_id)
-                    .bind(pay.seq as i64)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if a.prepaid > 0 {
-                    // The instalments not yet payable are recomputed on the lower balance.
-                    let later: Vec<Instalment> = next[payable.min(next.len())..].iter().map(|s| s.inst.clone()).collect();
-                    sqlx::query("DELETE FROM instalments WHERE loan_id = $1 AND seq > $2")
-                        .bind(&loan_id)
-                        .bind(insts.get(payable.saturating_sub(1)).map(|s| s.inst.seq as i64).unwrap_or(0))
-                        .execute(&mut *tx)
-                        .await?;
-                    insert_instalments(tx, &loan_id, &later).await?;
-                }
-                let settled = a.after.principal == l.principal
-                    && next.iter().all(|s| s.unpaid() == 0)
-                    && a.after.penalty == l.accrued.penalty;
-                let status = if settled { LoanStatus::Settled } else { LoanStatus::Disbursed };
+                store_schedule(tx, &loan_id, &after.insts).await?;
+                let status = if after.is_settled() { LoanStatus::Settled } else { LoanStatus::Disbursed };
+                l.accrued = after.accrued.clone();
+                l.penalty_through = format_date(after.penalty_through);
+                l.accrued_through = format_date(after.accrued_through);
+                l.overpaid = after.overpaid;
                 sqlx::query(
                     "UPDATE loans SET principal_paid = $1, interest_paid = $2, penalty_paid = $3, partner_principal_paid = $4, \
                      partner_interest_paid = $5, partner_penalty_paid = $6, status = $7, updated_at = $8, \
                      interest_accrued = $9, partner_interest_accrued = $10, penalty_accrued = $11, \
                      partner_penalty_accrued = $12, penalty_through = $13, fee_paid = $15, partner_fee_paid = $16, \
-                     fee_accrued = $17, partner_fee_accrued = $18 WHERE loan_id = $14",
+                     fee_accrued = $17, partner_fee_accrued = $18, accrued_through = $19, overpayment = $20 \
+                     WHERE loan_id = $14",
                 )
                 .bind(a.after.principal)
                 .bind(a.after.interest)
@@ -154,6 +154,8 @@ impl Funding {
                 .bind(a.after.partner_fee)
                 .bind(l.accrued.fee)
                 .bind(l.accrued.partner_fee)
+                .bind(&l.accrued_through)
+                .bind(l.overpaid)
                 .execute(&mut *tx)
                 .await?;
                 // Principal repaid frees the partner's total quota (revolving) and the bank's C2/C3 room.
@@ -163,24 +165,7 @@ impl Funding {
                     .execute(&mut *tx)
                     .await?;
                 release_bank_exposure(tx, &l.partner_id, a.bank.principal).await?;
-                post(
-                    tx,
-                    &loan_id,
-                    &c,
-                    &[
-                        ("BANK", "CASH", a.bank.total(), 0),
-                        ("BANK", "LOANS_RECEIVABLE", 0, a.bank.principal),
-                        ("BANK", "INTEREST_RECEIVABLE", 0, a.bank.interest),
-                        ("BANK", "FEE_RECEIVABLE", 0, a.bank.fee),
-                        ("BANK", "PENALTY_RECEIVABLE", 0, a.bank.penalty),
-                        ("PARTNER", "CASH", a.partner.total(), 0),
-                        ("PARTNER", "LOANS_RECEIVABLE", 0, a.partner.principal),
-                        ("PARTNER", "INTEREST_RECEIVABLE", 0, a.partner.interest),
-                        ("PARTNER", "FEE_RECEIVABLE", 0, a.partner.fee),
-                        ("PARTNER", "PENALTY_RECEIVABLE", 0, a.partner.penalty),
-                    ],
-                )
-                .await?;
+                post(tx, &loan_id, &c, &repayment_lines(a)).await?;
                 let mut allocations = Vec::new();
                 for (funder, parts) in [(Funder::Bank, a.bank), (Funder::Partner, a.partner)] {
                     for (component, v) in [
@@ -190,6 +175,13 @@ impl Funding {
                         (pb::Component::Principal, parts.principal),
                     ] {
                         allocations.push(pb::Allocation { funder: funder as i32, component: component as i32, amount: money(v, &c) });
+                    }
+                    if a.overpaid > 0 {
+                        allocations.push(pb::Allocation {
+                            funder: funder as i32,
+                            component: pb::Component::Overpayment as i32,
+                            amount: money(parts.overpayment, &c),
+                        });
                     }
                 }
                 let repayment = pb::Repayment {
@@ -214,11 +206,11 @@ impl Funding {
                 .execute(&mut *tx)
                 .await?;
                 l.status = status;
-                l.paid = a.after;
+                l.paid = a.after.clone();
                 let event = loan_event(
                     &l,
                     format!("repaid:{}", repayment.repayment_id),
-                    acq::ApplicationStatus::Repaying,
+                    repayment_status(&l),
                     format!(
                         "repayment of {} booked on {}",
                         colend_core::money::format_minor(amount.minor_units),

@@ -111,18 +111,28 @@ impl Funding {
             ))
         })?;
         let principal = r.principal.clone().unwrap_or_default();
-        let currency = agreement
-            .total_quota
-            .as_ref()
-            .map(|m| m.currency_code.clone())
-            .unwrap_or_default();
-        if principal.currency_code != currency {
-            return Err(ApiError::field(
-                "principal.currency_code",
-                "must be the agreement's currency",
-            ));
-        }
-        let split = domain::split(principal.minor_units, agreement.partner_share_bps as i64);
+        // The loan's currency is the request's; the batch refuses it
+        // (CURRENCY_MISMATCH, not stored: the set-up can change) unless the
+        // agreement, the partner's quota usage and the bank's reference
+        // data are in it too.
+        let currency = principal.currency_code.clone();
+        // Each lender funds at least its minimum share, to the cent.
+        let min = self.share_minimums();
+        let split = domain::split_within(
+            principal.minor_units,
+            i64::from(agreement.partner_share_bps),
+            min,
+        )
+        .ok_or_else(|| {
+            ApiError::field(
+                "principal",
+                &format!(
+                    "cannot be split in whole minor units so that the partner funds at least \
+                     {} bps and the bank at least {} bps",
+                    min.partner_bps, min.bank_bps
+                ),
+            )
+        })?;
         let method = method_of(r.repayment_method as i64).ok_or_else(|| {
             ApiError::field(
                 "repayment_method",
@@ -215,7 +225,7 @@ impl Funding {
         let expired: Vec<(String,)> = sqlx::query_as(
             "SELECT loan_id FROM loans WHERE status = 'RESERVED' AND expires_at < $1 ORDER BY expires_at LIMIT 500",
         )
-        .bind(now_millis())
+        .bind(self.now())
         .fetch_all(&self.db.pool)
         .await?;
         let mut n = 0;

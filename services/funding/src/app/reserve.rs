@@ -12,6 +12,10 @@
 //!   partner, to all);
 //! - it decides each reservation in arrival order against running totals in
 //!   memory, with the same checks and refusals as one at a time;
+//! - a partner's usage rows carry the currency of what they hold: under
+//!   their lock, a loan in another currency (or not in the currency of the
+//!   agreement in force, read after the lock) is refused, so a quota sum
+//!   never adds two currencies;
 //! - it writes the loans, the new totals (compare-and-set against what it
 //!   locked), the idempotency keys and the audit rows in one transaction.
 //!
@@ -19,6 +23,7 @@
 //! committed, so a lone reservation goes at once. A batch that fails as a
 //! whole is retried one reservation at a time, so that one bad request
 //! cannot fail its neighbours.
+use super::agreements::related_parties;
 use super::*;
 use colend_platform::idempotency::{Batched, InFlight, run_batch};
 use std::collections::{HashMap, HashSet};
@@ -32,6 +37,11 @@ pub(super) struct Reservation {
     pub r: pb::ReserveFundingRequest,
     pub agreement: pb::Agreement,
     pub split: Split,
+    /// The loan's currency: the requested principal's, never a default.
+    /// The batch refuses it (CURRENCY_MISMATCH) unless it is the
+    /// agreement's (this copy's and the one in force as the batch reads it),
+    /// the partner's quota usage's (while it holds anything) and the bank's
+    /// reference data's.
     pub currency: String,
     pub method: Method,
 }
@@ -50,12 +60,16 @@ pub(super) struct Reserver {
     queue: mpsc::Sender<Waiting>,
 }
 
-/// The rule limits a batch applies besides each agreement's quotas.
+/// The rule limits a batch applies besides each agreement's quotas, and
+/// the zone of its business day.
 #[derive(Clone, Copy)]
 struct Limits {
     c2_bps: i64,
     c3_bps: i64,
     ttl_ms: i64,
+    time_zone: Tz,
+    /// Rule C12: the all-in annual cost cap, basis points over 365 days.
+    all_in_cap_bps: i64,
 }
 
 impl Reserver {
@@ -67,8 +81,10 @@ impl Reserver {
             c2_bps: settings.c2_bps,
             c3_bps: settings.c3_bps,
             ttl_ms: settings.reservation_ttl.as_millis() as i64,
+            time_zone: settings.time_zone,
+            all_in_cap_bps: settings.all_in_cap_bps,
         };
-        tokio::spawn(worker(db.clone(), limits, max, rx));
+        tokio::spawn(worker(db.clone(), limits, settings.clock.clone(), max, rx));
         Reserver { db, queue }
     }
 
@@ -104,14 +120,14 @@ impl Reserver {
     }
 }
 
-async fn worker(db: Db, limits: Limits, max: usize, mut rx: mpsc::Receiver<Waiting>) {
+async fn worker(db: Db, limits: Limits, clock: Clock, max: usize, mut rx: mpsc::Receiver<Waiting>) {
     let mut batch = Vec::with_capacity(max);
     while rx.recv_many(&mut batch, max).await > 0 {
-        commit(&db, limits, std::mem::take(&mut batch)).await;
+        commit(&db, limits, &clock, std::mem::take(&mut batch)).await;
     }
 }
 
-async fn commit(db: &Db, limits: Limits, batch: Vec<Waiting>) {
+async fn commit(db: &Db, limits: Limits, clock: &Clock, batch: Vec<Waiting>) {
     let span = colend_platform::idempotency::transaction_span(db, "ReserveFunding");
     span.record("db.batch.size", batch.len());
     let mut items = Vec::with_capacity(batch.len());
@@ -122,13 +138,17 @@ async fn commit(db: &Db, limits: Limits, batch: Vec<Waiting>) {
         waiting.push((w.claim, w.reply));
     }
     metrics::histogram!("colend_reservation_batch_size").record(items.len() as f64);
-    let results = match run(db, limits, &items).instrument(span.clone()).await {
+    let results = match run(db, limits, clock.now_millis(), &items)
+        .instrument(span.clone())
+        .await
+    {
         Ok(results) => results,
         Err(e) if items.len() > 1 => {
             tracing::warn!(error = %e, size = items.len(), "a reservation batch failed; taking its reservations one at a time");
             let mut results = Vec::with_capacity(items.len());
             for one in items.chunks(1) {
-                results.push(match run(db, limits, one).instrument(span.clone()).await {
+                let run_one = run(db, limits, clock.now_millis(), one);
+                results.push(match run_one.instrument(span.clone()).await {
                     Ok(mut r) => r.pop().unwrap_or(Err(ApiError::RequestInFlight)),
                     Err(e) => Err(e),
                 });
@@ -153,13 +173,16 @@ async fn commit(db: &Db, limits: Limits, batch: Vec<Waiting>) {
     }
 }
 
+/// Decides and commits `items` as of `now` (epoch milliseconds: the
+/// business day and the reservations' expiry).
 async fn run(
     db: &Db,
     limits: Limits,
+    now: i64,
     items: &[Batched<Reservation>],
 ) -> ApiResult<Vec<ApiResult<pb::Loan>>> {
     let answers = run_batch(db, items, move |tx, reservations| {
-        Box::pin(decide_and_write(tx, limits, reservations))
+        Box::pin(decide_and_write(tx, limits, now, reservations))
     })
     .await?;
     let mut results: Vec<ApiResult<pb::Loan>> = Vec::with_capacity(answers.len());
@@ -225,18 +248,36 @@ async fn lock_usage(tx: &mut AnyConnection, sql: &str, keys: &[&str]) -> ApiResu
     Ok(q.fetch_one(&mut *tx).await?.0)
 }
 
-/// Moves a locked usage row from `old` to `new`; anything else is a bug.
+/// Locks a partner's usage row (creating it at zero) and reads it with the
+/// currency of what it holds.
+async fn lock_partner_usage(
+    tx: &mut AnyConnection,
+    sql: &str,
+    keys: &[&str],
+) -> ApiResult<(i64, String)> {
+    let mut q = sqlx::query_as::<_, (i64, String)>(sql);
+    for k in keys {
+        q = q.bind(k.to_string());
+    }
+    Ok(q.fetch_one(&mut *tx).await?)
+}
+
+/// Moves a locked usage row from `old` to `new` (a partner's row with the
+/// currency it is then in); anything else is a bug.
 async fn store_usage(
     tx: &mut AnyConnection,
     sql: &str,
     keys: &[&str],
-    old: i64,
-    new: i64,
+    (old, new): (i64, i64),
+    currency: Option<&str>,
 ) -> ApiResult<()> {
     if old == new {
         return Ok(());
     }
     let mut q = sqlx::query(sql).bind(new).bind(old);
+    if let Some(c) = currency {
+        q = q.bind(c.to_string());
+    }
     for k in keys {
         q = q.bind(k.to_string());
     }
@@ -248,15 +289,17 @@ async fn store_usage(
     Ok(())
 }
 
-const LOCK_TOTAL: &str = "INSERT INTO partner_usage (partner_id, used) VALUES ($1, 0) \
-    ON CONFLICT (partner_id) DO UPDATE SET used = partner_usage.used RETURNING used";
-const LOCK_DAILY: &str = "INSERT INTO partner_daily_usage (partner_id, day, used) VALUES ($1, $2, 0) \
-    ON CONFLICT (partner_id, day) DO UPDATE SET used = partner_daily_usage.used RETURNING used";
+/// A partner's total usage row, locked (agreements take it too).
+pub(super) const LOCK_TOTAL: &str = "INSERT INTO partner_usage (partner_id, used, currency) VALUES ($1, 0, '') \
+    ON CONFLICT (partner_id) DO UPDATE SET used = partner_usage.used RETURNING used, currency";
+const LOCK_DAILY: &str = "INSERT INTO partner_daily_usage (partner_id, day, used, currency) VALUES ($1, $2, 0, '') \
+    ON CONFLICT (partner_id, day) DO UPDATE SET used = partner_daily_usage.used RETURNING used, currency";
 const LOCK_EXPOSURE: &str = "INSERT INTO bank_exposure (scope, used) VALUES ($1, 0) \
     ON CONFLICT (scope) DO UPDATE SET used = bank_exposure.used RETURNING used";
-const STORE_TOTAL: &str = "UPDATE partner_usage SET used = $1 WHERE used = $2 AND partner_id = $3";
-const STORE_DAILY: &str =
-    "UPDATE partner_daily_usage SET used = $1 WHERE used = $2 AND partner_id = $3 AND day = $4";
+const STORE_TOTAL: &str =
+    "UPDATE partner_usage SET used = $1, currency = $3 WHERE used = $2 AND partner_id = $4";
+const STORE_DAILY: &str = "UPDATE partner_daily_usage SET used = $1, currency = $3 \
+    WHERE used = $2 AND partner_id = $4 AND day = $5";
 const STORE_EXPOSURE: &str = "UPDATE bank_exposure SET used = $1 WHERE used = $2 AND scope = $3";
 
 /// Usage as locked, and as the batch leaves it.
@@ -264,6 +307,9 @@ const STORE_EXPOSURE: &str = "UPDATE bank_exposure SET used = $1 WHERE used = $2
 struct Usage {
     locked: HashMap<String, i64>,
     now: HashMap<String, i64>,
+    /// A partner's usage: the currency of what it holds, meaningful only
+    /// while that is not zero (the loan that takes it above zero sets it).
+    currency: HashMap<String, String>,
 }
 
 impl Usage {
@@ -271,11 +317,32 @@ impl Usage {
         self.locked.insert(key.clone(), used);
         self.now.insert(key, used);
     }
+    fn lock_in(&mut self, key: String, (used, currency): (i64, String)) {
+        self.currency.insert(key.clone(), currency);
+        self.lock(key, used);
+    }
+    /// The currency `key`'s usage is in; `None` while it holds nothing.
+    fn currency(&self, key: &str) -> Option<&str> {
+        (self.used(key) != 0).then(|| self.currency.get(key).map_or("", String::as_str))
+    }
+    /// Adds `amount` in `currency`, which the caller checked is the usage's
+    /// (or the usage holds nothing).
+    fn add_in(&mut self, key: &str, amount: i64, currency: &str) -> ApiResult<()> {
+        self.add(key, amount)?;
+        if self.used(key) != 0 {
+            self.currency.insert(key.to_string(), currency.to_string());
+        }
+        Ok(())
+    }
     fn used(&self, key: &str) -> i64 {
         self.now.get(key).copied().unwrap_or(0)
     }
-    fn add(&mut self, key: &str, amount: i64) {
-        *self.now.entry(key.to_string()).or_insert(0) += amount;
+    fn add(&mut self, key: &str, amount: i64) -> ApiResult<()> {
+        let used = self.now.entry(key.to_string()).or_insert(0);
+        *used = used
+            .checked_add(amount)
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("usage {key} overflows")))?;
+        Ok(())
     }
     fn change(&self, key: &str) -> (i64, i64) {
         (self.locked.get(key).copied().unwrap_or(0), self.used(key))
@@ -291,8 +358,18 @@ struct Facts {
     closed: HashMap<String, String>,
     /// (institution, kind) on the whitelist today.
     listed: HashSet<(String, String)>,
+    /// Partner → its related parties, itself included (rule C2); a partner
+    /// missing here is a group of its own.
+    related: HashMap<String, Vec<String>>,
     /// Net tier-1 capital and total loans.
     reference: Option<(i64, i64)>,
+    /// The currency of the reference data: C2 and C3 measure loans in it only.
+    reference_currency: String,
+    /// Partner → the currency of its agreement in force today, read under
+    /// the usage locks (an agreement version in another currency commits
+    /// under the partner's usage lock): the reservation's own copy was read
+    /// before, through the cache, and may predate it.
+    agreed_now: HashMap<String, String>,
 }
 
 /// `(application_id, value)` rows of `select … WHERE application_id` for these applications.
@@ -312,7 +389,12 @@ async fn by_application(
     Ok(q.fetch_all(&mut *tx).await?.into_iter().collect())
 }
 
-async fn read_facts(tx: &mut AnyConnection, rs: &[Reservation], day: String) -> ApiResult<Facts> {
+async fn read_facts(
+    tx: &mut AnyConnection,
+    rs: &[Reservation],
+    day: String,
+    related: HashMap<String, Vec<String>>,
+) -> ApiResult<Facts> {
     let apps: Vec<&str> = rs.iter().map(|q| q.r.application_id.as_str()).collect();
     let loans = by_application(
         tx,
@@ -352,16 +434,41 @@ async fn read_facts(tx: &mut AnyConnection, rs: &[Reservation], day: String) -> 
     }
     q = q.bind(day.clone()).bind(day.clone());
     let listed = q.fetch_all(&mut *tx).await?.into_iter().collect();
-    let reference = sqlx::query_as(
-        "SELECT net_tier1_capital, total_loan_balance FROM bank_reference WHERE id = 1",
+    let reference: Option<(i64, i64, String)> = sqlx::query_as(
+        "SELECT net_tier1_capital, total_loan_balance, currency FROM bank_reference WHERE id = 1",
     )
     .fetch_optional(&mut *tx)
     .await?;
+    let reference_currency = reference.as_ref().map(|r| r.2.clone()).unwrap_or_default();
+    let reference = reference.map(|(tier1, loans, _)| (tier1, loans));
+    let mut partners: Vec<&str> = rs.iter().map(|q| q.r.partner_id.as_str()).collect();
+    partners.sort_unstable();
+    partners.dedup();
+    let sql = format!(
+        "SELECT a.partner_id, a.currency FROM agreements a WHERE a.partner_id IN ({}) \
+         AND a.version = (SELECT MAX(b.version) FROM agreements b \
+         WHERE b.partner_id = a.partner_id AND b.effective_from <= {})",
+        colend_platform::db::placeholders(tx, partners.len(), 1, 1),
+        colend_platform::db::placeholders(tx, 1, 1, partners.len() + 1),
+    );
+    let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+    for p in &partners {
+        q = q.bind(p.to_string());
+    }
+    let agreed_now = q
+        .bind(day.clone())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
     Ok(Facts {
+        reference_currency,
+        agreed_now,
         day,
         loans,
         closed,
         listed,
+        related,
         reference,
     })
 }
@@ -370,9 +477,12 @@ async fn read_facts(tx: &mut AnyConnection, rs: &[Reservation], day: String) -> 
 async fn decide_and_write(
     tx: &mut AnyConnection,
     limits: Limits,
+    now: i64,
     rs: Vec<Reservation>,
 ) -> ApiResult<Vec<ApiResult<pb::Loan>>> {
-    let day = format_date(today());
+    // The business day: the daily quota's day, the loans' reserved_on, and
+    // the date the whitelist is read for.
+    let day = format_date(business_date(limits.time_zone, now));
     // The applications first (a release by application takes the same
     // locks), then the usage rows.
     let apps: Vec<&str> = rs.iter().map(|q| q.r.application_id.as_str()).collect();
@@ -385,20 +495,31 @@ async fn decide_and_write(
     let mut daily = Usage::default();
     let mut exposure = Usage::default();
     for p in &partners {
-        total.lock(p.to_string(), lock_usage(tx, LOCK_TOTAL, &[p]).await?);
+        total.lock_in(
+            p.to_string(),
+            lock_partner_usage(tx, LOCK_TOTAL, &[p]).await?,
+        );
     }
     for p in &partners {
-        daily.lock(p.to_string(), lock_usage(tx, LOCK_DAILY, &[p, &day]).await?);
+        daily.lock_in(
+            p.to_string(),
+            lock_partner_usage(tx, LOCK_DAILY, &[p, &day]).await?,
+        );
     }
-    for p in &partners {
+    // Rule C2 counts each partner with its related parties: their exposure
+    // rows are locked too, all partners' in one sorted pass.
+    let related = related_parties(tx, &partners, &day).await?;
+    let mut exposed: Vec<String> = related.values().flatten().cloned().collect();
+    exposed.sort_unstable();
+    exposed.dedup();
+    for p in &exposed {
         let scope = format!("PARTNER:{p}");
         let used = lock_usage(tx, LOCK_EXPOSURE, &[&scope]).await?;
         exposure.lock(scope, used);
     }
     exposure.lock("ALL".into(), lock_usage(tx, LOCK_EXPOSURE, &["ALL"]).await?);
-    let mut facts = read_facts(tx, &rs, day.clone()).await?;
+    let mut facts = read_facts(tx, &rs, day.clone(), related).await?;
 
-    let now = now_millis();
     let mut rows = Vec::new();
     let mut outcomes = Vec::with_capacity(rs.len());
     for q in &rs {
@@ -416,20 +537,18 @@ async fn decide_and_write(
     }
     insert_loans(tx, &rows, now).await?;
     for p in &partners {
-        let (old, new) = total.change(p);
-        store_usage(tx, STORE_TOTAL, &[p], old, new).await?;
+        let currency = total.currency(p).unwrap_or("");
+        store_usage(tx, STORE_TOTAL, &[p], total.change(p), Some(currency)).await?;
     }
     for p in &partners {
-        let (old, new) = daily.change(p);
-        store_usage(tx, STORE_DAILY, &[p, &day], old, new).await?;
+        let currency = daily.currency(p).unwrap_or("");
+        store_usage(tx, STORE_DAILY, &[p, &day], daily.change(p), Some(currency)).await?;
     }
-    for p in &partners {
+    for p in &exposed {
         let scope = format!("PARTNER:{p}");
-        let (old, new) = exposure.change(&scope);
-        store_usage(tx, STORE_EXPOSURE, &[&scope], old, new).await?;
+        store_usage(tx, STORE_EXPOSURE, &[&scope], exposure.change(&scope), None).await?;
     }
-    let (old, new) = exposure.change("ALL");
-    store_usage(tx, STORE_EXPOSURE, &["ALL"], old, new).await?;
+    store_usage(tx, STORE_EXPOSURE, &["ALL"], exposure.change("ALL"), None).await?;
     Ok(outcomes)
 }
 
@@ -455,6 +574,25 @@ fn decide(
             r.application_id
         )));
     }
+    // Rule C12: interest and fees over a 365-day year, on the day count the
+    // loan freezes from this agreement, within the all-in cap.
+    if let Some(problem) = domain::all_in_problem(
+        i64::from(r.annual_rate_bps),
+        i64::from(r.annual_fee_bps),
+        day_count_of(q.agreement.day_count),
+        limits.all_in_cap_bps,
+    ) {
+        return Err(ApiError::field("annual_rate_bps", &problem));
+    }
+    // OWN_RATE: the borrower's rate must cover the funders' own rates, or
+    // the agreement must allow a negative residual.
+    if let Some(problem) = domain::residual_problem(
+        i64::from(r.annual_rate_bps),
+        q.split,
+        &agreement_terms(&q.agreement),
+    ) {
+        return Err(ApiError::InvalidState(problem));
+    }
     // Rule C12: the partner (and its credit-enhancement firm) must be on the whitelist today.
     if !facts
         .listed
@@ -464,6 +602,68 @@ fn decide(
             "partner {} is not on the bank's whitelist today",
             r.partner_id
         )));
+    }
+    // The loan is in the request's currency; the agreement's quotas are in
+    // the agreement's: a loan in another currency is refused, never counted
+    // against them.
+    let agreed = q
+        .agreement
+        .total_quota
+        .as_ref()
+        .map_or("", |m| m.currency_code.as_str());
+    if q.currency != agreed {
+        return Err(ApiError::currency_mismatch(
+            agreed,
+            format!(
+                "the principal is in {}, partner {}'s co-lending agreement in {agreed}",
+                q.currency, r.partner_id
+            ),
+        ));
+    }
+    // The same, against the agreement in force as the batch reads it: a
+    // version in another currency may have been stored since the copy above
+    // was read.
+    let agreed_now = facts
+        .agreed_now
+        .get(&r.partner_id)
+        .map_or("", String::as_str);
+    if q.currency != agreed_now {
+        return Err(ApiError::currency_mismatch(
+            agreed_now,
+            format!(
+                "the principal is in {}, partner {}'s co-lending agreement in force in {agreed_now}",
+                q.currency, r.partner_id
+            ),
+        ));
+    }
+    // The partner's quota usage (total, and today's) is a sum of loans in
+    // one currency, whatever the agreement now says (a version in another
+    // currency, dated later, takes effect without a check of its own): a loan
+    // in another currency is refused while anything is used, never added.
+    for (usage, held, until) in [
+        (
+            &*total,
+            "reserved or outstanding",
+            "its total quota usage stays in it until that is repaid or released",
+        ),
+        (
+            &*daily,
+            "reserved today",
+            "its daily quota usage stays in it for the rest of the day, or until that is released",
+        ),
+    ] {
+        if let Some(used_in) = usage.currency(&r.partner_id)
+            && used_in != q.currency
+        {
+            return Err(ApiError::currency_mismatch(
+                used_in,
+                format!(
+                    "the principal is in {}; partner {} has co-funded principal {held} in \
+                     {used_in}: {until}",
+                    q.currency, r.partner_id
+                ),
+            ));
+        }
     }
     let enhancer = &q.agreement.credit_enhancer_id;
     if !enhancer.is_empty()
@@ -503,15 +703,31 @@ fn decide(
             "the bank's reference data (net tier-1 capital, total loans) is not set".into(),
         )
     })?;
+    // C2 and C3 add the bank's share of every loan in the reference data's
+    // currency; one in another currency is refused rather than mixed in.
+    if q.currency != facts.reference_currency {
+        return Err(ApiError::currency_mismatch(
+            facts.reference_currency.clone(),
+            format!(
+                "the principal is in {}, the bank's reference data (rules C2, C3) in {}",
+                q.currency, facts.reference_currency
+            ),
+        ));
+    }
     let scope = format!("PARTNER:{}", r.partner_id);
-    if !domain::within(
-        exposure.used(&scope),
-        bank,
-        domain::limit_of(tier1, limits.c2_bps),
-    ) {
+    // C2 is the partner's balance with its related parties'.
+    let group_used = match facts.related.get(&r.partner_id) {
+        Some(members) => members.iter().try_fold(0i64, |sum, m| {
+            sum.checked_add(exposure.used(&format!("PARTNER:{m}")))
+        }),
+        None => Some(exposure.used(&scope)),
+    };
+    if !group_used
+        .is_some_and(|used| domain::within(used, bank, domain::limit_of(tier1, limits.c2_bps)))
+    {
         return Err(ApiError::limit(
             "C2_PARTNER_CONCENTRATION",
-            "the partner's co-lent balance would exceed its share of net tier-1 capital",
+            "the co-lent balance of the partner and its related parties would exceed their share of net tier-1 capital",
         ));
     }
     if !domain::within(
@@ -524,10 +740,10 @@ fn decide(
             "co-lent loans would exceed their share of the bank's total loans",
         ));
     }
-    total.add(&r.partner_id, partner);
-    daily.add(&r.partner_id, partner);
-    exposure.add(&scope, bank);
-    exposure.add("ALL", bank);
+    total.add_in(&r.partner_id, partner, &q.currency)?;
+    daily.add_in(&r.partner_id, partner, &q.currency)?;
+    exposure.add(&scope, bank)?;
+    exposure.add("ALL", bank)?;
     Ok(())
 }
 
@@ -543,12 +759,7 @@ fn loan_row_of(q: &Reservation, day: &str, expires_at: i64) -> LoanRow {
         bank_amount: q.split.bank,
         partner_amount: q.split.partner,
         agreement_version: a.version as i64,
-        terms: Terms {
-            partner_share_bps: a.partner_share_bps as i64,
-            bank_rate_bps: a.bank_rate_bps as i64,
-            partner_rate_bps: a.partner_rate_bps as i64,
-            fee_partner_bps: a.fee_partner_share_bps as i64,
-        },
+        terms: agreement_terms(a),
         annual_rate_bps: r.annual_rate_bps as i64,
         term_months: r.term_months as i64,
         method: q.method,
@@ -564,11 +775,13 @@ fn loan_row_of(q: &Reservation, day: &str, expires_at: i64) -> LoanRow {
         accrued: Accrued::default(),
         penalty_through: String::new(),
         fee_bps: r.annual_fee_bps as i64,
+        accrued_through: String::new(),
+        overpaid: 0,
     }
 }
 
 /// Parameters of one new loan's row.
-const LOAN_PARAMS: usize = 27;
+const LOAN_PARAMS: usize = 30;
 /// Loans a multi-row INSERT carries at most.
 const LOANS_PER_INSERT: usize = 100;
 
@@ -582,12 +795,13 @@ async fn insert_loans(tx: &mut AnyConnection, rows: &[LoanRow], now: i64) -> Api
                 };
                 // New loans have nothing paid or accrued yet.
                 format!(
-                    "({}, 0, 0, 0, 0, 0, 0, {}, 0, 0, 0, 0, '', {}, 0, 0, 0, 0, {}, {})",
+                    "({}, 0, 0, 0, 0, 0, 0, {}, 0, 0, 0, 0, '', {}, 0, 0, 0, 0, {}, '', 0, {}, {})",
                     run(1, 18),
                     run(19, 23),
                     run(24, 25),
-                    p(26),
-                    p(27)
+                    run(26, 28),
+                    p(29),
+                    p(30)
                 )
             })
             .collect();
@@ -623,6 +837,9 @@ async fn insert_loans(tx: &mut AnyConnection, rows: &[LoanRow], now: i64) -> Api
                 .bind(row.waterfall.name())
                 .bind(row.fee_bps)
                 .bind(row.terms.fee_partner_bps)
+                .bind(row.terms.interest_split.name())
+                .bind(row.terms.residual_party.name())
+                .bind(i64::from(row.terms.allow_negative_residual))
                 .bind(now)
                 .bind(now);
         }
@@ -637,22 +854,26 @@ mod tests {
     use proptest::prelude::*;
 
     fn reservation(app: usize, principal: i64, quota: i64) -> Reservation {
-        let cny = |m: i64| money(m, "CNY");
+        reservation_in(app, principal, quota, "CNY")
+    }
+
+    fn reservation_in(app: usize, principal: i64, quota: i64, currency: &str) -> Reservation {
+        let m = |m: i64| money(m, currency);
         Reservation {
             r: pb::ReserveFundingRequest {
                 application_id: format!("app-{app}"),
                 partner_id: "p1".into(),
-                principal: cny(principal),
+                principal: m(principal),
                 ..Default::default()
             },
             agreement: pb::Agreement {
                 partner_share_bps: 3_000,
-                total_quota: cny(quota),
-                daily_quota: cny(quota),
+                total_quota: m(quota),
+                daily_quota: m(quota),
                 ..Default::default()
             },
             split: domain::split(principal, 3_000),
-            currency: "CNY".into(),
+            currency: currency.into(),
             method: Method::EqualInstalment,
         }
     }
@@ -663,7 +884,10 @@ mod tests {
             loans: HashMap::new(),
             closed: HashMap::new(),
             listed: [("p1".to_string(), "PARTNER".to_string())].into(),
+            related: HashMap::new(),
             reference: Some(reference),
+            reference_currency: "CNY".into(),
+            agreed_now: [("p1".to_string(), "CNY".to_string())].into(),
         }
     }
 
@@ -678,11 +902,11 @@ mod tests {
             tier1 in 0i64..200_000_000,
             loans in 0i64..400_000_000,
         ) {
-            let limits = Limits { c2_bps: 2_500, c3_bps: 5_000, ttl_ms: 0 };
+            let limits = Limits { c2_bps: 2_500, c3_bps: 5_000, ttl_ms: 0, time_zone: Tz::Asia__Shanghai, all_in_cap_bps: 2_400 };
             let mut f = facts((tier1, loans));
             let (mut total, mut daily, mut exposure) = (Usage::default(), Usage::default(), Usage::default());
-            total.lock("p1".into(), used);
-            daily.lock("p1".into(), 0);
+            total.lock_in("p1".into(), (used, "CNY".into()));
+            daily.lock_in("p1".into(), (0, String::new()));
             exposure.lock("PARTNER:p1".into(), 0);
             exposure.lock("ALL".into(), 0);
             let (mut partner_sum, mut bank_sum) = (0i64, 0i64);
@@ -722,7 +946,7 @@ mod tests {
         /// One application gets one loan, however often it appears in a batch.
         #[test]
         fn one_loan_per_application(apps in proptest::collection::vec(0usize..5, 1..50)) {
-            let limits = Limits { c2_bps: 10_000, c3_bps: 10_000, ttl_ms: 0 };
+            let limits = Limits { c2_bps: 10_000, c3_bps: 10_000, ttl_ms: 0, time_zone: Tz::Asia__Shanghai, all_in_cap_bps: 2_400 };
             let mut f = facts((i64::MAX / 4, i64::MAX / 4));
             let (mut total, mut daily, mut exposure) = (Usage::default(), Usage::default(), Usage::default());
             let mut booked = HashSet::new();
@@ -736,6 +960,56 @@ mod tests {
                     f.loans.insert(row.application_id.clone(), row.loan_id);
                     prop_assert!(booked.insert(a));
                 }
+            }
+        }
+
+        /// Whatever currency the agreement in force and the reference data
+        /// move to between reservations, a partner's total and daily usage
+        /// each hold one currency: a loan in another is refused (naming the
+        /// one held) exactly while the usage holds something, and booked
+        /// otherwise. The oracle keeps one sum per currency.
+        #[test]
+        fn usage_never_mixes_currencies(
+            total_at in (0i64..3, 0usize..3),
+            daily_at in (0i64..3, 0usize..3),
+            items in proptest::collection::vec((0usize..3, 1i64..10_000), 1..60),
+        ) {
+            const CODES: [&str; 3] = ["CNY", "USD", "INR"];
+            let limits = Limits { c2_bps: 10_000, c3_bps: 10_000, ttl_ms: 0, time_zone: Tz::Asia__Shanghai, all_in_cap_bps: 2_400 };
+            let mut f = facts((i64::MAX / 4, i64::MAX / 4));
+            let (mut total, mut daily, mut exposure) = (Usage::default(), Usage::default(), Usage::default());
+            // Usage as the batch finds it: an amount in one currency.
+            total.lock_in("p1".into(), (total_at.0, CODES[total_at.1].into()));
+            daily.lock_in("p1".into(), (daily_at.0, CODES[daily_at.1].into()));
+            let mut sums: [HashMap<&str, i64>; 2] = Default::default();
+            *sums[0].entry(CODES[total_at.1]).or_default() += total_at.0;
+            *sums[1].entry(CODES[daily_at.1]).or_default() += daily_at.0;
+            let held = |sums: &HashMap<&str, i64>, c: &str| {
+                sums.iter().filter(|(k, v)| **k != c && **v != 0).map(|(k, _)| k.to_string()).collect::<Vec<_>>()
+            };
+            for (i, (code, principal)) in items.into_iter().enumerate() {
+                let c = CODES[code];
+                f.agreed_now.insert("p1".into(), c.into());
+                f.reference_currency = c.into();
+                let q = reservation_in(i, principal, i64::MAX / 4, c);
+                let others: Vec<String> = held(&sums[0], c).into_iter().chain(held(&sums[1], c)).collect();
+                match decide(&q, &mut f, &mut total, &mut daily, &mut exposure, limits) {
+                    Ok(()) => {
+                        prop_assert!(others.is_empty(), "{c} booked over {others:?}");
+                        for s in &mut sums {
+                            *s.entry(c).or_default() += q.split.partner;
+                        }
+                    }
+                    Err(ApiError::CurrencyMismatch { expected, .. }) => {
+                        prop_assert!(others.contains(&expected), "{c} refused for {expected}, held {others:?}");
+                    }
+                    Err(e) => prop_assert!(false, "unexpected refusal {e}"),
+                }
+                for s in &sums {
+                    prop_assert!(s.values().filter(|v| **v != 0).count() <= 1, "{s:?}");
+                }
+                prop_assert_eq!(total.used("p1"), sums[0].values().sum::<i64>());
+                prop_assert_eq!(daily.used("p1"), sums[1].values().sum::<i64>());
             }
         }
     }
