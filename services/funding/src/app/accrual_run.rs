@@ -250,6 +250,7 @@ impl Funding {
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(loan_id = %loan_id, as_of = %day, error = %e, "accruing a loan failed");
+                        metrics::counter!("colend_accrual_failures_total").increment(1);
                         failed.get_or_insert(e);
                     }
                 }

@@ -290,6 +290,13 @@ struct InstalmentRecord {
 /// The loan as servicing sees it, once disbursed (`None` before).
 pub(super) fn loan_state(l: &LoanRow, insts: Vec<InstalmentState>) -> Option<LoanState> {
     let disbursed_on = parse_date(&l.disbursed_on)?;
+    let through = |s: &str| {
+        if s.is_empty() {
+            Some(disbursed_on)
+        } else {
+            parse_date(s)
+        }
+    };
     Some(LoanState {
         split: Split {
             bank: l.bank_amount,
@@ -307,8 +314,10 @@ pub(super) fn loan_state(l: &LoanRow, insts: Vec<InstalmentState>) -> Option<Loa
         disbursed_on,
         insts,
         accrued: l.accrued.clone(),
-        accrued_through: parse_date(&l.accrued_through).unwrap_or(disbursed_on),
-        penalty_through: parse_date(&l.penalty_through).unwrap_or(disbursed_on),
+        // Empty before the first accrual; anything else must be a date (a
+        // corrupt one is an error, never the disbursement date).
+        accrued_through: through(&l.accrued_through)?,
+        penalty_through: through(&l.penalty_through)?,
         paid: l.paid.clone(),
         overpaid: l.overpaid,
     })
