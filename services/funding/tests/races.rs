@@ -603,6 +603,128 @@ async fn concurrent_repayments_overdue(a: &mut Client, b: &mut Client, db: &Db) 
     problems
 }
 
+/// The daily accrual run (AccrueInterest on one replica) against three
+/// repayments of the same loan on the other, at once, 45 days after the
+/// disbursement: every loan must end as a control loan repaid without any
+/// run (same balances per funder, same allocations, same ledger postings).
+/// A run working from state read before the repayment's lock, or a
+/// repayment from state read before the run's, would post a day twice or
+/// not at all.
+async fn accrual_run_against_repayments(a: &mut Client, b: &mut Client, db: &Db) -> Vec<String> {
+    let partner = "race-ar";
+    set_up(a, partner).await;
+    let counted = Counted::start(a, partner).await;
+    let mut problems = Vec::new();
+    let mut loans = Vec::new();
+    let disburse = |id: &str, tag: &str| {
+        as_bank(disbursement(
+            id,
+            &format!("{partner}-d-{tag}"),
+            &format!("{partner}-bank-d-{tag}"),
+        ))
+    };
+    let pay = |id: &str, tag: &str, k: usize| {
+        as_bank(repayment(
+            id,
+            &format!("{partner}-p-{tag}-{k}"),
+            &format!("{partner}-bank-p-{tag}-{k}"),
+            OVERDUE_PAYMENT,
+        ))
+    };
+    let run = |tag: &str| {
+        as_bank(pb::AccrueInterestRequest {
+            request_id: format!("{partner}-run-{tag}"),
+            as_of: today(),
+        })
+    };
+    // Loans of the earlier scenarios are accrued first, so that what the
+    // runs below post is this scenario's loans' alone.
+    days_back(0);
+    a.accrue_interest(run("before")).await.unwrap();
+
+    // The control, repaid with no run.
+    let before = trial_balance(a).await;
+    days_back(OVERDUE_DAYS);
+    let control = reserve(a, partner, "ar-control").await;
+    loans.push(control.loan_id.clone());
+    a.book_disbursement(disburse(&control.loan_id, "control"))
+        .await
+        .unwrap();
+    days_back(0);
+    for k in 0..3 {
+        a.book_repayment(pay(&control.loan_id, "control", k))
+            .await
+            .unwrap();
+    }
+    let after_control = trial_balance(a).await;
+    let per_loan = moved(&before, &after_control);
+    let expected = get_loan(a, partner, &control.loan_id).await;
+    let expected_allocated = allocated(&expected.repayments);
+
+    let mut run_posted = 0;
+    for i in 0..LOANS {
+        let tag = i.to_string();
+        days_back(OVERDUE_DAYS);
+        let loan = reserve(a, partner, &format!("ar-{i}")).await;
+        loans.push(loan.loan_id.clone());
+        a.book_disbursement(disburse(&loan.loan_id, &tag))
+            .await
+            .unwrap();
+        days_back(0);
+        let mut runner = a.clone();
+        let accrual = runner.accrue_interest(run(&tag));
+        let repayments = (0..3).map(|k| {
+            let mut c = b.clone();
+            let req = pay(&loan.loan_id, &tag, k);
+            async move { c.book_repayment(req).await }
+        });
+        let (ran, paid) = tokio::join!(accrual, futures::future::join_all(repayments));
+        match ran {
+            Ok(r) => run_posted += r.into_inner().loans_accrued,
+            Err(e) => problems.push(format!(
+                "loan {i}: the run failed: {} {}",
+                reason(&e),
+                e.message()
+            )),
+        }
+        for r in paid {
+            if let Err(e) = r {
+                problems.push(format!(
+                    "loan {i}: a repayment was refused: {} {}",
+                    reason(&e),
+                    e.message()
+                ));
+            }
+        }
+        let after = get_loan(a, partner, &loan.loan_id).await;
+        if after.balances != expected.balances {
+            problems.push(format!(
+                "loan {i}: balances {:?} != the control's {:?}",
+                after.balances, expected.balances
+            ));
+        }
+        let got = allocated(&after.repayments);
+        if got != expected_allocated {
+            problems.push(format!(
+                "loan {i}: allocations {got:?} != the control's {expected_allocated:?}"
+            ));
+        }
+    }
+    println!("  the runs took {run_posted} of the {LOANS} loans before their repayments");
+    let raced = moved(&after_control, &trial_balance(a).await);
+    let want: BTreeMap<(i32, String), (i64, i64)> = per_loan
+        .iter()
+        .map(|(k, (d, c))| (k.clone(), (d * LOANS as i64, c * LOANS as i64)))
+        .collect();
+    if raced != want {
+        problems.push(format!(
+            "the ledger moved {raced:?} for {LOANS} raced loans, {LOANS} times the control's is {want:?}"
+        ));
+    }
+    problems.extend(counted.check(a, db, &loans).await);
+    problems
+}
+
 /// The same bank transaction under two request ids at once: it is booked
 /// once; the other call gets the booked repayment back (same content) or
 /// ALREADY_EXISTS (other content).
@@ -767,6 +889,10 @@ async fn races(backend: Backend) -> Vec<String> {
         (
             "concurrent repayments, 45 days after the disbursement",
             concurrent_repayments_overdue(&mut a, &mut b, &db).await,
+        ),
+        (
+            "the accrual run against repayments, 45 days after the disbursement",
+            accrual_run_against_repayments(&mut a, &mut b, &db).await,
         ),
         (
             "one bank reference, two request ids",
