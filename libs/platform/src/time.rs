@@ -42,6 +42,20 @@ pub fn parse_time_zone(name: &str) -> Option<Tz> {
     name.parse().ok()
 }
 
+/// The time zone `name`, the value of the setting `var`; the error names the setting.
+pub fn time_zone_setting(var: &str, name: &str) -> anyhow::Result<Tz> {
+    parse_time_zone(name.trim()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{var}={name:?} is not an IANA time zone name (such as Asia/Shanghai or Asia/Kolkata)"
+        )
+    })
+}
+
+/// The time zone the environment variable `var` names (`default` when unset).
+pub fn time_zone_env(var: &str, default: &str) -> anyhow::Result<Tz> {
+    time_zone_setting(var, &crate::config::env_or(var, default))
+}
+
 /// Where a service reads "now" for its business decisions: the system
 /// clock, or (tests only) a manual clock that stays where it is set, so a
 /// test can stand a second before or after local midnight.

@@ -11,7 +11,7 @@ use colend_contracts::funding::v1 as pb;
 use colend_platform::config::env_parse;
 use colend_platform::db::Backend;
 use colend_platform::time::{
-    Clock, Tz, business_date, format_date, now_millis, parse_date, parse_time_zone, timestamp,
+    Clock, Tz, business_date, format_date, now_millis, parse_date, timestamp,
 };
 use colend_platform::{ApiError, ApiResult, Cache, Db, idempotency};
 use prost::Message;
@@ -97,13 +97,7 @@ pub fn time_zone_from_env() -> anyhow::Result<Tz> {
     let jurisdiction = Jurisdiction::parse(&j).ok_or_else(|| {
         anyhow::anyhow!("COLEND_FUNDING_JURISDICTION={j:?} is not one of CN, IN-2020, IN-2025")
     })?;
-    let name =
-        colend_platform::config::env_or("COLEND_FUNDING_TIME_ZONE", jurisdiction.time_zone());
-    parse_time_zone(&name).ok_or_else(|| {
-        anyhow::anyhow!(
-            "COLEND_FUNDING_TIME_ZONE={name:?} is not an IANA time zone name (such as Asia/Shanghai)"
-        )
-    })
+    colend_platform::time::time_zone_env("COLEND_FUNDING_TIME_ZONE", jurisdiction.time_zone())
 }
 
 impl Settings {

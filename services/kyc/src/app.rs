@@ -3,7 +3,7 @@ use crate::domain::{self, ListedName, Rules};
 use colend_contracts::kyc::v1 as pb;
 use colend_core::BlindIndexKey;
 use colend_platform::config::env_parse;
-use colend_platform::time::{Tz, business_today, now_millis, parse_time_zone, timestamp};
+use colend_platform::time::{Tz, business_today, now_millis, timestamp};
 use colend_platform::{ApiError, ApiResult, Cache, Db, idempotency};
 use prost::Message;
 use sqlx::Row;
@@ -30,12 +30,10 @@ impl Settings {
             },
             cache_ttl: Duration::from_secs(env_parse("COLEND_KYC_CACHE_TTL_SECS", 86_400u64)?),
             refresh: Duration::from_secs(env_parse("COLEND_KYC_WATCHLIST_REFRESH_SECS", 5u64)?),
-            time_zone: {
-                let name = colend_platform::config::env_or("COLEND_KYC_TIME_ZONE", "Asia/Shanghai");
-                parse_time_zone(&name).ok_or_else(|| {
-                    anyhow::anyhow!("COLEND_KYC_TIME_ZONE={name:?} is not an IANA time zone name")
-                })?
-            },
+            time_zone: colend_platform::time::time_zone_env(
+                "COLEND_KYC_TIME_ZONE",
+                "Asia/Shanghai",
+            )?,
         })
     }
 }

@@ -18,7 +18,7 @@ use crate::domain::{
 use colend_contracts::common::v1::Money;
 use colend_contracts::reconciliation::v1 as pb;
 use colend_platform::time::{
-    Clock, Tz, business_date, format_date, now_millis, parse_date, parse_time_zone, timestamp,
+    Clock, Tz, business_date, format_date, now_millis, parse_date, timestamp,
 };
 use colend_platform::{ApiError, ApiResult, Db, idempotency};
 use prost::Message;
@@ -164,11 +164,7 @@ pub fn currency(code: &str) -> anyhow::Result<colend_core::Currency> {
 
 /// The time zone `COLEND_RECON_TIME_ZONE` names, or why it names none.
 pub fn time_zone(name: &str) -> anyhow::Result<Tz> {
-    parse_time_zone(name.trim()).ok_or_else(|| {
-        anyhow::anyhow!(
-            "COLEND_RECON_TIME_ZONE={name:?} is not an IANA time zone name (such as Asia/Shanghai or Asia/Kolkata)"
-        )
-    })
+    colend_platform::time::time_zone_setting("COLEND_RECON_TIME_ZONE", name)
 }
 
 impl Default for Settings {
